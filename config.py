@@ -1,0 +1,235 @@
+"""The one config system for every entry point (train, sample, evaluate, export, finetune...).
+
+An entry point declares its settings as a dataclass. The command line is
+
+    python ENTRY.py [configs/some_file.py ...] [--key=value ...]
+
+Config files are plain Python: every public top-level name they define must be a field of the
+dataclass (imports, functions and classes are ignored, so a file may `from model_llama import
+LlamaConfig` and write `model = LlamaConfig(n_layer=8)`). Later files and then `--key=value`
+overrides win. A field that holds a dataclass (such as `model`) is reached with dots:
+`--model.n_layer=4`.
+
+Every value is checked against the declared type. An unknown key or a value of the wrong type is a
+ConfigError that names where it came from (file and line, or the flag) and lists the valid keys.
+"""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import sys
+import types
+import typing
+from pathlib import Path
+from typing import Any, Sequence
+
+
+class ConfigError(ValueError):
+    """Bad configuration: the message says where and how to fix it."""
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _field_types(cls) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def valid_keys(cfg) -> list[str]:
+    """Every settable key of a config instance, nested ones dotted (model.n_layer)."""
+    keys = []
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        keys.append(f.name)
+        if dataclasses.is_dataclass(value):
+            keys += [f"{f.name}.{k}" for k in valid_keys(value)]
+    return keys
+
+
+def _describe(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _check_value(value, tp, where: str, key: str):
+    """Return value converted to tp when that is lossless (int -> float), else raise ConfigError."""
+    origin = typing.get_origin(tp)
+    if tp is Any or tp is object:
+        return value
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_value(value, arg, where, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: {key} must be {_describe(tp)}, got {value!r}")
+    if origin in (tuple, list):
+        if not isinstance(value, (tuple, list)):
+            raise ConfigError(f"{where}: {key} must be a {origin.__name__}, got {value!r}")
+        (item_tp, *rest) = typing.get_args(tp) or (Any,)
+        return origin(_check_value(v, item_tp, where, key) for v in value)
+    if dataclasses.is_dataclass(tp):
+        if not dataclasses.is_dataclass(value):
+            raise ConfigError(f"{where}: {key} must be a {tp.__name__}(...), got {value!r}")
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is bool and not isinstance(value, bool):
+        raise ConfigError(f"{where}: {key} must be True or False, got {value!r}")
+    if tp in (int, float, str) and (not isinstance(value, tp) or isinstance(value, bool) and tp is not bool):
+        raise ConfigError(f"{where}: {key} must be {tp.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _parse_text(text: str, tp, where: str, key: str):
+    """Turn the text of a --key=value flag into a value of type tp."""
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if text.lower() == "none" and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _parse_text(text, arg, where, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{where}: {key} must be {_describe(tp)}, got {text!r}")
+    if origin in (tuple, list):
+        (item_tp, *rest) = typing.get_args(tp) or (str,)
+        items = [t for t in text.split(",") if t != ""]
+        return origin(_parse_text(t.strip(), item_tp, where, key) for t in items)
+    if tp is bool:
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise ConfigError(f"{where}: {key} must be true or false, got {text!r}")
+    if tp in (int, float):
+        try:
+            return tp(text)
+        except ValueError:
+            raise ConfigError(f"{where}: {key} must be {tp.__name__}, got {text!r}") from None
+    if tp is str or tp is Any:
+        return text
+    raise ConfigError(f"{where}: {key} of type {_describe(tp)} cannot be set from the command line")
+
+
+def _unknown(key: str, where: str, cfg) -> ConfigError:
+    keys = ", ".join(valid_keys(cfg))
+    return ConfigError(f"{where}: unknown config key {key!r}. Valid keys: {keys}")
+
+
+def _set(cfg, dotted: str, value, where: str, from_text: bool):
+    """Set cfg.<dotted> = value (checked), returning the updated (new) dataclass instance."""
+    head, _, rest = dotted.partition(".")
+    names = {f.name for f in dataclasses.fields(cfg)}
+    if head not in names:
+        raise _unknown(dotted, where, cfg)
+    if rest:
+        inner = getattr(cfg, head)
+        if not dataclasses.is_dataclass(inner):
+            raise _unknown(dotted, where, cfg)
+        return dataclasses.replace(cfg, **{head: _set(inner, rest, value, where, from_text)})
+    tp = _field_types(type(cfg))[head]
+    current = getattr(cfg, head)
+    if dataclasses.is_dataclass(current) and from_text:
+        raise ConfigError(f"{where}: {head} is a group of settings; set its members, e.g. "
+                          f"--{head}.{dataclasses.fields(current)[0].name}=...")
+    value = _parse_text(value, tp, where, head) if from_text else _check_value(value, tp, where, head)
+    return dataclasses.replace(cfg, **{head: value})
+
+
+def _assignment_lines(path: Path) -> dict[str, int]:
+    """Line of the last top-level assignment of each name, for error messages."""
+    lines = {}
+    for node in ast.parse(path.read_text(), str(path)).body:
+        targets = []
+        if isinstance(node, ast.Assign):
+            targets = node.targets
+        elif isinstance(node, (ast.AnnAssign, ast.AugAssign)):
+            targets = [node.target]
+        for t in targets:
+            if isinstance(t, ast.Name):
+                lines[t.id] = node.lineno
+    return lines
+
+
+def apply_file(cfg, path: str | Path):
+    """Apply the settings of one Python config file to cfg and return the new config."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist (give a path such as configs/demo_llama.py)")
+    namespace: dict[str, Any] = {"__file__": str(path), "__name__": "__config__"}
+    try:
+        exec(compile(path.read_text(), str(path), "exec"), namespace)
+    except Exception as e:  # the user's file is broken: say which one and why
+        raise ConfigError(f"{path}: error while running this config file: {type(e).__name__}: {e}") from e
+    lines = _assignment_lines(path)
+    for name, value in namespace.items():
+        if name.startswith("_") or isinstance(value, (types.ModuleType, types.FunctionType, type)):
+            continue
+        cfg = _set(cfg, name, value, f"{path}:{lines.get(name, '?')}", from_text=False)
+    return cfg
+
+
+def parse_args(defaults, argv: Sequence[str] | None = None):
+    """Build a config from defaults (a dataclass instance), config files and --key=value flags."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    cfg = defaults
+    for arg in argv:
+        if arg in ("-h", "--help"):
+            print(describe(cfg))
+            raise SystemExit(0)
+        if arg.startswith("--"):
+            key, eq, text = arg[2:].partition("=")
+            if not eq:
+                # A bare --flag means true for a boolean key (e.g. --resume).
+                text = "true"
+            cfg = _set(cfg, key.replace("-", "_"), text, f"flag {arg}", from_text=True)
+        else:
+            cfg = apply_file(cfg, arg)
+    return cfg
+
+
+def describe(cfg) -> str:
+    """Human-readable listing of every key and its current value."""
+    rows = []
+    for key in valid_keys(cfg):
+        value = cfg
+        for part in key.split("."):
+            value = getattr(value, part)
+        if not dataclasses.is_dataclass(value):
+            rows.append(f"  --{key}={value}")
+    return "settings (set in a config file or as --key=value):\n" + "\n".join(rows)
+
+
+def to_dict(cfg) -> dict:
+    """Plain dict of a config, nested dataclasses included, with each dataclass's class name kept so
+    that the model type can be rebuilt from a checkpoint."""
+    out = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            value = {"__class__": type(value).__name__, **to_dict(value)}
+        elif isinstance(value, tuple):
+            value = list(value)
+        out[f.name] = value
+    return out
+
+
+def run_cli(main, defaults, argv=None):
+    """Parse the config for an entry point and turn ConfigErrors into a clear message + exit 2."""
+    try:
+        cfg = parse_args(defaults, argv)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    return main(cfg)
