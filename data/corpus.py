@@ -51,7 +51,8 @@ class Document:
 
 # ---- finding files --------------------------------------------------------------------------------
 
-def split_dir(root: str | Path, corpus: str = "leaner", split: str = "train", scale: str = DEFAULT_SCALE) -> Path:
+def split_dir(root: str | Path, corpus: str = "leaner", split: str = "train",
+              scale: str = DEFAULT_SCALE) -> Path:
     """ROOT/CORPUS/SCALE/SPLIT, checked to exist."""
     if corpus not in CORPORA:
         raise DataError(f"unknown corpus {corpus!r}: choose one of {', '.join(CORPORA)}")
@@ -136,10 +137,12 @@ def iter_json_lines(path: str | Path) -> Iterator[tuple[int, dict]]:
 
 def _field(row: dict, name: str, path: Path, lineno: int, kind=str):
     if name not in row:
-        raise DataError(f"{path}:{lineno}: row has no {name!r} field (its fields: {', '.join(map(repr, row))})")
+        fields = ", ".join(map(repr, row)) or "none"
+        raise DataError(f"{path}:{lineno}: row has no {name!r} field (its fields: {fields})")
     value = row[name]
     if not isinstance(value, kind):
-        raise DataError(f"{path}:{lineno}: field {name!r} is {type(value).__name__}, expected {kind.__name__}")
+        expected = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
+        raise DataError(f"{path}:{lineno}: field {name!r} is {type(value).__name__}, expected {expected}")
     return value
 
 
@@ -207,7 +210,8 @@ def iter_documents(root: str | Path, corpus: str = "leaner", split: str = "train
         wanted = [g for g in GENRES if g in set(check_genres(genres))]
     for genre in wanted:
         if genre not in files:
-            raise DataError(f"genre {genre!r} has no file in {folder} (genres present in this split: {present})")
+            raise DataError(f"genre {genre!r} has no file in {folder} "
+                            f"(genres present in this split: {present})")
         count = 0
         for path in files[genre]:
             for doc in iter_file(path, genre):

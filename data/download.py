@@ -79,7 +79,8 @@ ori/10M/test/wiki0002.jsonl.zst 24158 0ccce2f248bbcdf0526a8a5beca137b7c43674509e
 
 def _parse_manifest(text: str) -> dict[str, tuple[int | None, str | None]]:
     rows = (line.split() for line in text.strip().splitlines())
-    return {path: (None if size == "-" else int(size), None if sha == "-" else sha) for path, size, sha in rows}
+    return {path: (None if size == "-" else int(size), None if sha == "-" else sha)
+            for path, size, sha in rows}
 
 
 MANIFEST = _parse_manifest(_MANIFEST_TEXT)
@@ -109,9 +110,10 @@ def release_files(corpus: str, genres: Iterable[str] = GENRES, splits: Iterable[
         if c == corpus and s == scale and split in splits and m and m["genre"] in genres:
             chosen.append(rel)
     if not chosen:
-        raise DownloadError(f"the download manifest has no {corpus}/{scale} files for genres {sorted(genres)} "
-                            f"and splits {sorted(splits)}; only the 10M scale is listed. Download other files "
-                            f"by hand from {BASE_URL} into the same layout and pass --data_root")
+        raise DownloadError(f"the download manifest has no {corpus}/{scale} files for genres "
+                            f"{sorted(genres)} and splits {sorted(splits)}; only the 10M scale is listed. "
+                            f"Download other files by hand from {BASE_URL} into the same layout and "
+                            f"pass --data_root")
     return chosen
 
 
@@ -136,7 +138,8 @@ def _retry_after(response: requests.Response) -> float | None:
         return None
 
 
-def _stream_once(session: requests.Session, url: str, part: Path, timeout: float, progress: bool) -> int | None:
+def _stream_once(session: requests.Session, url: str, part: Path, timeout: float,
+                 progress: bool) -> int | None:
     """One GET, resuming from part's current size. Returns the expected total size (None if unknown).
     Raises _Retry for transient failures and DownloadError for permanent ones."""
     have = part.stat().st_size if part.exists() else 0
@@ -187,7 +190,8 @@ def download_file(url: str, dest: str | Path, size: int | None = None, sha256: s
         try:
             _stream_once(session, url, part, timeout, progress)
             break
-        except (_Retry, requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
+        except (_Retry, requests.ConnectionError, requests.Timeout,
+                requests.exceptions.ChunkedEncodingError) as e:
             # A failure after real progress is a new problem, not the same one again.
             failures = 1 if part.exists() and part.stat().st_size > before else failures + 1
             if failures > retries:
@@ -213,12 +217,13 @@ def _verify(part: Path, url: str, size: int | None, sha256: str | None) -> None:
 
 def download_release(dest: str | Path, corpus: str = "leaner", genres: Iterable[str] = GENRES,
                      splits: Iterable[str] = SPLITS, scale: str = "10M", base_url: str = BASE_URL,
-                     manifest: dict | None = None, progress: bool = True, **kwargs) -> Path:
+                     manifest: dict | None = None, progress: bool = True,
+                     session: requests.Session | None = None, **kwargs) -> Path:
     """Fetch the files of the given corpus/genres/splits into dest (laid out like data/ upstream);
     files already complete in dest are kept. Returns dest, usable as --data_root."""
     manifest = MANIFEST if manifest is None else manifest
     dest = Path(dest)
-    session = requests.Session()
+    session = session or requests.Session()
     for rel in tqdm(release_files(corpus, genres, splits, scale, manifest), desc="TinyHelen files",
                     unit="file", disable=not progress):
         size, sha256 = manifest[rel]

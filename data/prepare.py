@@ -89,7 +89,8 @@ def plan_genres(root: Path, cfg: PrepareConfig) -> dict[str, list[str]]:
         except DataError:
             if not Path(root).is_dir():
                 raise
-            print(f"note: {root}/{cfg.corpus}/{cfg.scale}/{split} is missing; the {split} split will be empty")
+            print(f"note: {root}/{cfg.corpus}/{cfg.scale}/{split} is missing; "
+                  f"the {split} split will be empty")
             present[split] = []
     plan = {split: [g for g in GENRES if g in wanted and g in present[split]] for split in SPLITS}
     for genre in (g for g in GENRES if g in wanted):
@@ -97,7 +98,8 @@ def plan_genres(root: Path, cfg: PrepareConfig) -> dict[str, list[str]]:
         if len(missing) == len(SPLITS):
             if explicit:
                 everywhere = sorted({g for gs in present.values() for g in gs}, key=GENRES.index)
-                raise DataError(f"genre {genre!r} has no data in any split of {root}/{cfg.corpus}/{cfg.scale} "
+                raise DataError(f"genre {genre!r} has no data in any split of "
+                                f"{root}/{cfg.corpus}/{cfg.scale} "
                                 f"(genres there: {', '.join(everywhere) or 'none'})")
             print(f"note: no {genre} data in {cfg.corpus}/{cfg.scale}; skipped")
         elif missing:
@@ -112,8 +114,9 @@ def build_tokenizer(cfg: PrepareConfig, root: Path, plan: dict, out_dir: Path) -
         return Tokenizer.cl100k(), "cl100k_base"
     if cfg.tokenizer == "train":
         if not plan["train"]:
-            raise DataError(f"no train split data for genres {cfg.genres!r} in {root}/{cfg.corpus}: cannot train "
-                            f"the tokenizer; pass --tokenizer=cl100k_base or a tokenizer.json path")
+            raise DataError(f"no train split data for genres {cfg.genres!r} in {root}/{cfg.corpus}: "
+                            f"cannot train the tokenizer; pass --tokenizer=cl100k_base or a "
+                            f"tokenizer.json path")
         print(f"training a {cfg.vocab_size}-entry byte-level BPE on {cfg.corpus} train "
               f"({', '.join(plan['train'])})")
         texts = (d.text for d in iter_documents(root, cfg.corpus, "train", plan["train"], cfg.scale))
@@ -191,7 +194,8 @@ def token_table(meta: dict) -> str:
     lines = [f"{meta['corpus']} tokens ({meta['tokenizer_name']}, counts include one eot per document)",
              header, "-" * len(header)]
     for genre in [*meta["genres"], None]:
-        counts = [meta["splits"][s] if genre is None else meta["splits"][s]["genres"].get(genre) for s in SPLITS]
+        counts = [meta["splits"][s] if genre is None else meta["splits"][s]["genres"].get(genre)
+                  for s in SPLITS]
         cells = "".join(f"{c['tokens']:>12,}" if c else f"{'-':>12}" for c in counts)
         total = defaultdict(int)
         for c in filter(None, counts):

@@ -43,7 +43,8 @@ def gpt2_byte_to_unicode() -> dict[int, str]:
     Printable Latin-1 bytes stand for themselves; the other 68 bytes (controls, space, soft hyphen...)
     are given the code points 256, 257, ... in byte order, so that every token is visible text.
     """
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
     table = {b: chr(b) for b in printable}
     extra = 0
     for b in range(256):

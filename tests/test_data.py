@@ -9,20 +9,24 @@ few-KB excerpts in tests/fixtures/tinyhelen_mini. Download tests run against a l
 from __future__ import annotations
 
 import hashlib
+import http.server
 import json
 import random
 import shutil
 import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
+import requests
 import zstandard
 
 from data.corpus import (GENRES, DataError, Document, available_genres, iter_documents, iter_jsonl_texts,
                          load_texts)
+from data.download import MANIFEST, DownloadError, download_file, download_release, release_files, sha256_of
 from data.prepare import PrepareConfig, load_meta, prepare, tokenizer_of
 from data.tokenizer import EOT, Tokenizer, gpt2_byte_to_unicode, load_tokenizer, train_bpe
 
@@ -64,6 +68,19 @@ def test_gpt2k_vocabulary_layout(trained):
     assert tok.eot_id not in tok.encode(f"a{EOT}b") and tok.decode(tok.encode(f"a{EOT}b")) == f"a{EOT}b"
 
 
+def test_byte_table_matches_tokenizers_byte_level():
+    """Our bytes<->printable table is what `tokenizers` applies, for every byte UTF-8 text can contain."""
+    from tokenizers import pre_tokenizers
+    table = gpt2_byte_to_unicode()
+    assert sorted(table.values()) == sorted(pre_tokenizers.ByteLevel.alphabet())
+    points = [*range(128), *range(0x80, 0x800, 7), *range(0x800, 0x10000, 97),
+              *range(0x10000, 0x110000, 4093)]
+    text = "".join(chr(p) for p in points if not 0xD800 <= p < 0xE000)
+    assert len(set(text.encode("utf-8"))) == 256 - 13  # all bytes but C0, C1, F5..FF (never in UTF-8)
+    (mapped, _), = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False).pre_tokenize_str(text)
+    assert mapped == "".join(table[b] for b in text.encode("utf-8"))
+
+
 def oracle_ids(tok: Tokenizer, hf, text: str) -> list[int]:
     """Our ids for the tokens the trained `tokenizers` object produces (mapped through their bytes)."""
     to_byte = {ch: b for b, ch in gpt2_byte_to_unicode().items()}
@@ -84,8 +101,8 @@ def test_ids_match_the_tokenizers_oracle_on_real_text(trained):
 
 
 def random_unicode(rng: random.Random) -> str:
-    pools = ["abc XYZ 123 ,.!?'s 've", " \t\n\r\x00\x0b\x0c\u00a0\u2028\u3000", "éüßøñçÆŒ", "\u0301\u0308\u20dd",
-             "漢字かなカナ한국어", "😀👋🏽🇫🇷👨‍👩‍👧", "Ωπж\u05d0\u0627\u0e01"]
+    pools = ["abc XYZ 123 ,.!?'s 've", " \t\n\r\x00\x0b\x0c\u00a0\u2028\u3000", "éüßøñçÆŒ",
+             "\u0301\u0308\u20dd", "漢字かなカナ한국어", "😀👋🏽🇫🇷👨‍👩‍👧", "Ωπж\u05d0\u0627\u0e01"]
     parts = []
     for _ in range(rng.randrange(1, 40)):
         if rng.random() < 0.2:  # any scalar value at all, surrogates excepted (not encodable as UTF-8)
@@ -147,8 +164,8 @@ def test_mini_release_layout_and_templates():
     docs = list(iter_documents(MINI, "leaner", "validation"))
     assert [d.genre for d in docs] == ["wiki", "wiki", "code", "code"]
     raw = json.loads(read_raw(MINI / "leaner/10M/validation/code0000.jsonl").splitlines()[1])
-    assert docs[3] == Document("code", f"### CODING INPUT:\n{raw['prompt']}\n\n### RESPONSE:\n{raw['response']}",
-                               str(MINI / "leaner/10M/validation/code0000.jsonl"), 2)
+    want = f"### CODING INPUT:\n{raw['prompt']}\n\n### RESPONSE:\n{raw['response']}"
+    assert docs[3] == Document("code", want, str(MINI / "leaner/10M/validation/code0000.jsonl"), 2)
     conv = list(iter_documents(MINI, "ori", "train", ["conversation"]))
     assert [d.text for d in conv] == json.loads(read_raw(MINI / "ori/10M/train/conversation0000.json.zst"))
 
@@ -200,7 +217,7 @@ def test_error_row_without_text_lists_its_fields():
 def test_error_unknown_absent_and_empty_genres(tmp_path):
     with pytest.raises(DataError, match="unknown genre 'poetry'"):
         list(iter_documents(MINI, "leaner", "train", ["poetry"]))
-    with pytest.raises(DataError, match=r"'book' has no file .*present in this split: wiki, conversation, math"):
+    with pytest.raises(DataError, match=r"'book' has no file .*in this split: wiki, conversation, math"):
         list(iter_documents(MINI, "leaner", "train", ["book"]))
     root = tmp_path / "root"
     shutil.copytree(MINI, root)
@@ -310,3 +327,129 @@ def test_prepare_runs_as_a_script(tmp_path, launch):
     bad = subprocess.run([sys.executable, *launch, f"--data_root={MINI}", "--genres=poetry"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and "unknown genre 'poetry'" in bad.stderr
+
+
+# ---- download, against a local HTTP server ----------------------------------------------------------
+
+class _Handler(http.server.BaseHTTPRequestHandler):
+    """Serves server.root with Range support, plus scripted failures from server.script."""
+
+    def log_message(self, *args):  # keep test output quiet
+        pass
+
+    def do_GET(self):
+        script, path = self.server.script, self.server.root / self.path.lstrip("/")
+        script["log"].append((self.path, self.headers.get("Range")))
+        if script["fail_503"] > 0:
+            script["fail_503"] -= 1
+            return self._reply(503, b"", {"Retry-After": "0"})
+        if not path.is_file():
+            return self._reply(404, b"not found")
+        data, status, headers = path.read_bytes(), 200, {}
+        ranged = self.headers.get("Range")
+        if ranged and not script["ignore_range"]:
+            start = int(ranged.removeprefix("bytes=").split("-")[0])
+            status, headers = 206, {"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"}
+            data = data[start:]
+        if script["drop_after"] is not None and len(data) > script["drop_after"]:
+            cut, script["drop_after"] = script["drop_after"], None  # drop the connection once, mid-file
+            self._reply(status, data, headers, send=data[:cut])
+            self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        self._reply(status, data, headers)
+
+    def _reply(self, status, body, headers=None, send=None):
+        self.send_response(status)
+        for key, value in {"Content-Length": str(len(body)), **(headers or {})}.items():
+            self.send_header(key, value)
+        self.end_headers()
+        self.wfile.write(body if send is None else send)
+        self.wfile.flush()
+
+
+@pytest.fixture
+def server(tmp_path):
+    """A local HTTP server over a temp copy of the mini release plus one 300 KB file (over 4 chunks)."""
+    root = tmp_path / "served"
+    shutil.copytree(MINI, root)
+    (root / "blob.bin").write_bytes(np.random.default_rng(0).bytes(300_000))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.root, httpd.script = root, {"log": [], "fail_503": 0, "drop_after": None, "ignore_range": False}
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    session = requests.Session()
+    session.trust_env = False  # never route 127.0.0.1 through a proxy from the environment
+    yield f"http://127.0.0.1:{httpd.server_address[1]}", httpd, session
+    httpd.shutdown()
+    httpd.server_close()
+
+
+def fetch(server, name, dest, **kw):
+    url, httpd, session = server
+    blob = httpd.root / name
+    return download_file(f"{url}/{name}", dest, blob.stat().st_size, sha256_of(blob), session=session,
+                         backoff=0.01, timeout=10, progress=False, **kw)
+
+
+def test_download_resumes_after_a_dropped_connection(server, tmp_path):
+    _, httpd, _ = server
+    httpd.script["drop_after"] = 150_000
+    dest = fetch(server, "blob.bin", tmp_path / "out" / "blob.bin")
+    assert dest.read_bytes() == (httpd.root / "blob.bin").read_bytes()
+    (first, no_range), (second, resumed) = httpd.script["log"]
+    assert no_range is None and 0 < int(resumed.removeprefix("bytes=").rstrip("-")) <= 150_000
+    assert not (tmp_path / "out" / "blob.bin.part").exists()
+
+
+def test_download_retries_503_then_succeeds(server, tmp_path):
+    _, httpd, _ = server
+    httpd.script["fail_503"] = 2
+    fetch(server, "blob.bin", tmp_path / "blob.bin")
+    assert len(httpd.script["log"]) == 3
+    assert sha256_of(tmp_path / "blob.bin") == sha256_of(httpd.root / "blob.bin")
+
+
+def test_download_restarts_when_the_server_ignores_range(server, tmp_path):
+    _, httpd, _ = server
+    httpd.script.update(drop_after=100_000, ignore_range=True)
+    fetch(server, "blob.bin", tmp_path / "blob.bin")
+    assert httpd.script["log"][1][1] is not None  # it asked to resume, got the whole file, started over
+    assert (tmp_path / "blob.bin").read_bytes() == (httpd.root / "blob.bin").read_bytes()
+
+
+def test_download_failures_are_clear(server, tmp_path):
+    url, httpd, session = server
+    out = tmp_path / "out"
+    with pytest.raises(DownloadError, match="HTTP 404"):
+        download_file(f"{url}/nope.jsonl", out / "nope.jsonl", session=session, progress=False)
+    with pytest.raises(DownloadError, match="sha256 differs"):
+        download_file(f"{url}/blob.bin", out / "blob.bin", sha256="0" * 64, session=session, progress=False)
+    assert list(out.iterdir()) == []  # nothing that looks complete, no stale .part
+    httpd.script["fail_503"] = 10
+    with pytest.raises(DownloadError, match="gave up after 2 retries"):
+        fetch(server, "blob.bin", out / "blob.bin", retries=2)
+
+
+def test_download_release_mirrors_the_layout(server, tmp_path):
+    url, httpd, session = server
+    files = [p for p in sorted(httpd.root.rglob("*")) if p.is_file() and "10M" in p.parts]
+    manifest = {p.relative_to(httpd.root).as_posix(): (p.stat().st_size, sha256_of(p)) for p in files}
+    dest = download_release(tmp_path / "got", "ori", ["wiki", "conversation", "code"], manifest=manifest,
+                            base_url=url, session=session, progress=False, backoff=0.01)
+    assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == [
+        "ori/10M/test/code0002.jsonl.zst", "ori/10M/train/conversation0000.json.zst",
+        "ori/10M/train/wiki0000.jsonl.zst"]
+    got, want = iter_documents(dest, "ori", "train"), iter_documents(MINI, "ori", "train")
+    assert [d.text for d in got] == [d.text for d in want]
+
+
+@needs_real
+def test_download_release_checks_the_real_manifest(server, tmp_path):
+    url, httpd, session = server
+    wanted = ["leaner/10M/validation/wiki0000.jsonl", "leaner/10M/validation/conversation0000.jsonl"]
+    for rel in wanted:
+        shutil.copyfile(REAL / rel, httpd.root / rel)
+    assert release_files("leaner", ["wiki", "conversation"], ["validation"]) == sorted(wanted)
+    dest = download_release(tmp_path / "got", "leaner", ["wiki", "conversation"], ["validation"],
+                            base_url=url, session=session, progress=False)
+    assert all(sha256_of(dest / rel) == MANIFEST[rel][1] for rel in wanted)
