@@ -232,9 +232,10 @@ def iter_jsonl_texts(path: str | Path) -> Iterator[Document]:
 
 
 def load_texts(path_or_folder: str | Path, corpus: str = "leaner", split: str = "test",
-               genres: Iterable[str] | None = None, scale: str = DEFAULT_SCALE) -> list[str]:
-    """Texts for evaluation: a folder is read as the TinyHelen layout, a file as {"text": ...} rows."""
+               genres: Iterable[str] | None = None, scale: str = DEFAULT_SCALE) -> list[Document]:
+    """Documents for evaluation: a folder is read as the TinyHelen layout (each document keeps its genre),
+    a file as {"text": ...} rows (genre "text")."""
     path = Path(path_or_folder)
     if path.is_file():
-        return [d.text for d in iter_jsonl_texts(path)]
-    return [d.text for d in iter_documents(path, corpus, split, genres, scale)]
+        return list(iter_jsonl_texts(path))
+    return list(iter_documents(path, corpus, split, genres, scale))

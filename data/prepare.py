@@ -37,8 +37,9 @@ import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 import config  # noqa: E402
-from data.corpus import (DEFAULT_SCALE, GENRES, SPLITS, DataError, available_genres,  # noqa: E402
-                         check_genres, iter_documents)
+from data.corpus import (CORPORA, DEFAULT_SCALE, GENRES, SPLITS, DataError,  # noqa: E402
+                         available_genres, check_genres, iter_documents)
+from data.download import DownloadError, download_release  # noqa: E402
 from data.tokenizer import Tokenizer, atomic_file, atomic_write_bytes, load_tokenizer  # noqa: E402
 
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "tinyhelen"
@@ -69,7 +70,6 @@ def resolve_data_root(cfg: PrepareConfig) -> Path:
         return Path(cfg.data_root)
     if SHARED_DATA.is_dir():
         return SHARED_DATA
-    from data.download import download_release
     print(f"no local TinyHelen copy found at {SHARED_DATA}; downloading into {cfg.download_dir}")
     genres = GENRES if cfg.genres == "all" else check_genres(cfg.genres.split(","))
     return download_release(cfg.download_dir, cfg.corpus, genres, SPLITS, cfg.scale, progress=cfg.progress)
@@ -78,6 +78,8 @@ def resolve_data_root(cfg: PrepareConfig) -> Path:
 def plan_genres(root: Path, cfg: PrepareConfig) -> dict[str, list[str]]:
     """{split: genres to read}. Absent combinations are skipped with a note; a genre requested by name
     that is absent from every split is an error."""
+    if cfg.corpus not in CORPORA:
+        raise DataError(f"unknown corpus {cfg.corpus!r}: choose one of {', '.join(CORPORA)}")
     explicit = cfg.genres.strip() != "all"
     wanted = check_genres([g.strip() for g in cfg.genres.split(",") if g.strip()]) if explicit else GENRES
     if not wanted:
@@ -111,6 +113,7 @@ def plan_genres(root: Path, cfg: PrepareConfig) -> dict[str, list[str]]:
 def build_tokenizer(cfg: PrepareConfig, root: Path, plan: dict, out_dir: Path) -> tuple[Tokenizer, str]:
     """The tokenizer and how meta.json names it ("tokenizer.json" in out_dir, or "cl100k_base")."""
     if cfg.tokenizer == "cl100k_base":
+        (out_dir / "tokenizer.json").unlink(missing_ok=True)  # a stale one would be mistaken for ours
         return Tokenizer.cl100k(), "cl100k_base"
     if cfg.tokenizer == "train":
         if not plan["train"]:
@@ -122,7 +125,10 @@ def build_tokenizer(cfg: PrepareConfig, root: Path, plan: dict, out_dir: Path) -
         texts = (d.text for d in iter_documents(root, cfg.corpus, "train", plan["train"], cfg.scale))
         tok = Tokenizer.train(texts, vocab_size=cfg.vocab_size)
     else:
-        tok = load_tokenizer(cfg.tokenizer)
+        try:
+            tok = load_tokenizer(cfg.tokenizer)
+        except (OSError, ValueError, KeyError) as e:
+            raise DataError(f"--tokenizer={cfg.tokenizer}: {e}") from None
     tok.save(out_dir / "tokenizer.json")  # a copy beside the data keeps the folder self-contained
     return tok, "tokenizer.json"
 
@@ -242,7 +248,7 @@ def tokenizer_of(out_dir: str | Path, meta: dict | None = None) -> Tokenizer:
 def main(cfg: PrepareConfig) -> None:
     try:
         prepare(cfg)
-    except DataError as e:
+    except (DataError, DownloadError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
 

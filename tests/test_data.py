@@ -8,15 +8,14 @@ few-KB excerpts in tests/fixtures/tinyhelen_mini. Download tests run against a l
 
 from __future__ import annotations
 
+import functools
 import hashlib
-import http.server
 import json
 import random
 import shutil
 import socket
 import subprocess
 import sys
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +28,7 @@ from data.corpus import (GENRES, DataError, Document, available_genres, iter_doc
 from data.download import MANIFEST, DownloadError, download_file, download_release, release_files, sha256_of
 from data.prepare import PrepareConfig, load_meta, prepare, tokenizer_of
 from data.tokenizer import EOT, Tokenizer, gpt2_byte_to_unicode, load_tokenizer, train_bpe
+from tests.fixtures.local_http import serve_folder
 
 REPO = Path(__file__).resolve().parents[1]
 REAL = REPO.parent / "shared" / "data" / "tinyhelen"
@@ -227,9 +227,10 @@ def test_error_unknown_absent_and_empty_genres(tmp_path):
 
 
 def test_jsonl_texts_and_load_texts():
-    texts = load_texts(FIXTURES / "texts.jsonl")
-    assert len(texts) == 3 and texts[2] == "Tab\tand\nnewline <|endoftext|> stay ordinary text."
-    assert load_texts(MINI, "leaner", "test") == [d.text for d in iter_documents(MINI, "leaner", "test")]
+    docs = load_texts(FIXTURES / "texts.jsonl")
+    assert [(d.genre, d.line) for d in docs] == [("text", 1), ("text", 2), ("text", 4)]  # line 3 is blank
+    assert docs[2].text == "Tab\tand\nnewline <|endoftext|> stay ordinary text."
+    assert load_texts(MINI, "leaner", "test") == list(iter_documents(MINI, "leaner", "test"))
 
 
 # ---- prepare ----------------------------------------------------------------------------------------
@@ -331,57 +332,16 @@ def test_prepare_runs_as_a_script(tmp_path, launch):
 
 # ---- download, against a local HTTP server ----------------------------------------------------------
 
-class _Handler(http.server.BaseHTTPRequestHandler):
-    """Serves server.root with Range support, plus scripted failures from server.script."""
-
-    def log_message(self, *args):  # keep test output quiet
-        pass
-
-    def do_GET(self):
-        script, path = self.server.script, self.server.root / self.path.lstrip("/")
-        script["log"].append((self.path, self.headers.get("Range")))
-        if script["fail_503"] > 0:
-            script["fail_503"] -= 1
-            return self._reply(503, b"", {"Retry-After": "0"})
-        if not path.is_file():
-            return self._reply(404, b"not found")
-        data, status, headers = path.read_bytes(), 200, {}
-        ranged = self.headers.get("Range")
-        if ranged and not script["ignore_range"]:
-            start = int(ranged.removeprefix("bytes=").split("-")[0])
-            status, headers = 206, {"Content-Range": f"bytes {start}-{len(data) - 1}/{len(data)}"}
-            data = data[start:]
-        if script["drop_after"] is not None and len(data) > script["drop_after"]:
-            cut, script["drop_after"] = script["drop_after"], None  # drop the connection once, mid-file
-            self._reply(status, data, headers, send=data[:cut])
-            self.connection.shutdown(socket.SHUT_RDWR)
-            return
-        self._reply(status, data, headers)
-
-    def _reply(self, status, body, headers=None, send=None):
-        self.send_response(status)
-        for key, value in {"Content-Length": str(len(body)), **(headers or {})}.items():
-            self.send_header(key, value)
-        self.end_headers()
-        self.wfile.write(body if send is None else send)
-        self.wfile.flush()
-
-
 @pytest.fixture
 def server(tmp_path):
     """A local HTTP server over a temp copy of the mini release plus one 300 KB file (over 4 chunks)."""
     root = tmp_path / "served"
     shutil.copytree(MINI, root)
     (root / "blob.bin").write_bytes(np.random.default_rng(0).bytes(300_000))
-    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.root, httpd.script = root, {"log": [], "fail_503": 0, "drop_after": None, "ignore_range": False}
-    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
-    thread.start()
     session = requests.Session()
     session.trust_env = False  # never route 127.0.0.1 through a proxy from the environment
-    yield f"http://127.0.0.1:{httpd.server_address[1]}", httpd, session
-    httpd.shutdown()
-    httpd.server_close()
+    with serve_folder(root) as (url, httpd):
+        yield url, httpd, session
 
 
 def fetch(server, name, dest, **kw):
@@ -430,10 +390,14 @@ def test_download_failures_are_clear(server, tmp_path):
         fetch(server, "blob.bin", out / "blob.bin", retries=2)
 
 
+def served_manifest(root: Path) -> dict:
+    files = [p for p in sorted(root.rglob("*")) if p.is_file() and "10M" in p.parts]
+    return {p.relative_to(root).as_posix(): (p.stat().st_size, sha256_of(p)) for p in files}
+
+
 def test_download_release_mirrors_the_layout(server, tmp_path):
     url, httpd, session = server
-    files = [p for p in sorted(httpd.root.rglob("*")) if p.is_file() and "10M" in p.parts]
-    manifest = {p.relative_to(httpd.root).as_posix(): (p.stat().st_size, sha256_of(p)) for p in files}
+    manifest = served_manifest(httpd.root)
     dest = download_release(tmp_path / "got", "ori", ["wiki", "conversation", "code"], manifest=manifest,
                             base_url=url, session=session, progress=False, backoff=0.01)
     assert sorted(p.relative_to(dest).as_posix() for p in dest.rglob("*") if p.is_file()) == [
@@ -453,3 +417,16 @@ def test_download_release_checks_the_real_manifest(server, tmp_path):
     dest = download_release(tmp_path / "got", "leaner", ["wiki", "conversation"], ["validation"],
                             base_url=url, session=session, progress=False)
     assert all(sha256_of(dest / rel) == MANIFEST[rel][1] for rel in wanted)
+
+
+def test_prepare_downloads_when_there_is_no_local_copy(server, tmp_path, monkeypatch):
+    import data.prepare
+    url, httpd, session = server
+    monkeypatch.setattr(data.prepare, "SHARED_DATA", tmp_path / "absent")
+    monkeypatch.setattr(data.prepare, "download_release", functools.partial(
+        download_release, base_url=url, manifest=served_manifest(httpd.root), session=session))
+    meta = prepare(PrepareConfig(out_dir=str(tmp_path / "out"), download_dir=str(tmp_path / "dl"),
+                                 genres="wiki,math", vocab_size=300, progress=False))
+    assert meta["data_root"] == str(tmp_path / "dl") and meta["splits"]["train"]["documents"] == 6
+    assert (tmp_path / "dl/leaner/10M/train/wiki0000.jsonl").read_bytes() == (
+        MINI / "leaner/10M/train/wiki0000.jsonl").read_bytes()
