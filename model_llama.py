@@ -1,0 +1,418 @@
+"""A Llama language model written out by hand: RMSNorm, rotary positions, grouped-query attention,
+SwiGLU MLP, optional tied head; KV-cached generation; export to and import from `transformers`.
+
+Shapes (used in the comments below):
+    B  batch                 T  time (sequence length)     D  model width (n_embd)
+    H  query heads           K  key/value heads (K divides H; K < H is grouped-query attention)
+    Dh head dim (D // H)     F  FFN hidden width           V  vocabulary
+    L  layers
+
+Weight layout. Query, key and value are one (H + 2K)·Dh x D matrix, and SwiGLU's gate and up are
+one 2F x D matrix, so each block does two wide matmuls instead of five narrow ones (fewer kernel
+launches and better-shaped GEMMs on CPU). Export splits them back into q/k/v_proj and gate/up_proj.
+Rotary embeddings use the "rotate half" convention of `transformers` (dimension i is paired with
+i + Dh/2, not with its neighbour as in Meta's original interleaved checkpoints), so our q/k weights
+map 1:1 onto LlamaForCausalLM without the row permutation Meta-to-HF conversion needs.
+
+Initialisation: every matrix (embedding, projections, head) ~ N(0, init_std), norms at 1, no
+biases anywhere. The two projections that write into the residual stream (attention out and MLP
+down) are additionally scaled by 1/sqrt(2L), as in GPT-2, so the residual stream's variance does
+not grow with depth at initialisation.
+
+    >>> m = Llama(LlamaConfig())            # the paper's "14M"
+    >>> m.num_params(), m.num_params(non_embedding=False)
+    (14456400, 15800400)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from sampling import sample_next_token
+
+
+@dataclass
+class LlamaConfig:
+    vocab_size: int = 2000
+    n_layer: int = 8
+    n_embd: int = 336
+    n_head: int = 8
+    n_kv_head: int = 8
+    ffn_hidden: int = 1344
+    max_seq_len: int = 1024
+    rope_theta: float = 500000.0
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    init_std: float = 0.02
+
+    def __post_init__(self):
+        if self.n_embd % self.n_head:
+            raise ValueError(f"n_embd ({self.n_embd}) must be a multiple of n_head ({self.n_head})")
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
+        if (self.n_embd // self.n_head) % 2:
+            raise ValueError(f"head dim n_embd / n_head = {self.n_embd // self.n_head} must be even for rotary")
+
+
+def rotary_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos and signed sin, each (max_seq_len, Dh), for rotate-half rotary embeddings.
+
+    Computed in fp32 exactly as `transformers` does, so an exported model sees the same angles."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
+    angles = torch.arange(max_seq_len, dtype=torch.int64).float()[:, None] * inv_freq  # (T, Dh/2)
+    cos, sin = angles.cos(), angles.sin()
+    # With the sign folded into the table, rotation is x*cos + swap_halves(x)*sin: no negation op.
+    return torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, T, n, Dh) rotated by position; cos, sin (T, Dh) from rotary_tables."""
+    x1, x2 = x.chunk(2, dim=-1)
+    swapped = torch.cat([x2, x1], dim=-1)
+    # Broadcast over heads, and in x's dtype so that under autocast q and k stay bf16 like v.
+    cos, sin = cos[:, None, :].to(x.dtype), sin[:, None, :].to(x.dtype)
+    return torch.addcmul(x * cos, swapped, sin)
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
+
+
+class KVCache:
+    """Pre-allocated keys and values for every layer, (L, B, K, T_max, Dh) each.
+
+    Allocated on the first write, in the dtype of the keys written (bf16 under autocast)."""
+
+    def __init__(self, n_layer: int, batch: int, n_kv_head: int, max_len: int, head_dim: int):
+        self.shape = (n_layer, batch, n_kv_head, max_len, head_dim)
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor):
+        """Store k, v (B, K, T, Dh) at positions start..start+T; return all keys/values so far."""
+        if self.k is None:
+            self.k = torch.empty(self.shape, dtype=k.dtype, device=k.device)
+            self.v = torch.empty(self.shape, dtype=v.dtype, device=v.device)
+        end = start + k.size(2)
+        if end > self.shape[3]:
+            raise ValueError(f"KV cache holds {self.shape[3]} positions, asked to write up to {end}")
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.n_head, self.n_kv_head = cfg.n_head, cfg.n_kv_head
+        self.head_dim = cfg.n_embd // cfg.n_head
+        self.qkv = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.n_kv_head) * self.head_dim, bias=False)
+        self.out = nn.Linear(cfg.n_head * self.head_dim, cfg.n_embd, bias=False)
+
+    def forward(self, x, cos, sin, layer: int = 0, kv_cache: KVCache | None = None, start_pos: int = 0):
+        B, T, _ = x.shape
+        H, K = self.n_head, self.n_kv_head
+        qkv = self.qkv(x).view(B, T, H + 2 * K, self.head_dim)
+        qk = apply_rotary(qkv[:, :, : H + K], cos, sin)  # q and k rotated together, one pass
+        # (B, T, n, Dh) -> (B, n, T, Dh) views; sdpa takes strided inputs, so no copies here.
+        q = qk[:, :, :H].transpose(1, 2)
+        k = qk[:, :, H:].transpose(1, 2)
+        v = qkv[:, :, H + K:].transpose(1, 2)
+        mask, causal = None, True
+        if kv_cache is not None:
+            k, v = kv_cache.update(layer, start_pos, k, v)
+            if T == 1:
+                causal = False  # one new query may see every cached position
+            elif start_pos > 0:
+                # sdpa's is_causal aligns the mask top-left; a chunk after a prefix needs bottom-right.
+                causal = False
+                mask = torch.ones(T, start_pos + T, dtype=torch.bool, device=x.device).tril(start_pos)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=K != H)
+        # sdpa returns (B, H, T, Dh) laid out as (B, T, H, Dh), so this reshape is a view on CPU.
+        return self.out(y.transpose(1, 2).reshape(B, T, H * self.head_dim))
+
+
+class SwiGLU(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.gate_up = nn.Linear(cfg.n_embd, 2 * cfg.ffn_hidden, bias=False)
+        self.down = nn.Linear(cfg.ffn_hidden, cfg.n_embd, bias=False)
+
+    def forward(self, x):
+        gate, up = self.gate_up(x).chunk(2, dim=-1)
+        return self.down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.attn_norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.mlp = SwiGLU(cfg)
+
+    def forward(self, x, cos, sin, layer: int = 0, kv_cache: KVCache | None = None, start_pos: int = 0):
+        x = x + self.attn(self.attn_norm(x), cos, sin, layer, kv_cache, start_pos)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Llama(nn.Module):
+    def __init__(self, cfg: LlamaConfig):
+        super().__init__()
+        self.config = cfg
+        self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
+        self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.lm_head.weight = self.tok_emb.weight
+        # Buffers, not parameters, and not saved: they are a pure function of the config.
+        cos, sin = rotary_tables(cfg.n_embd // cfg.n_head, cfg.max_seq_len, cfg.rope_theta)
+        self.register_buffer("rope_cos", cos, persistent=False)
+        self.register_buffer("rope_sin", sin, persistent=False)
+        self.reset_parameters()
+
+    @torch.no_grad()
+    def reset_parameters(self):
+        std = self.config.init_std
+        for p in self.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, std)
+            else:
+                p.fill_(1.0)  # RMSNorm gains
+        for block in self.blocks:
+            block.attn.out.weight.normal_(0.0, std / math.sqrt(2 * self.config.n_layer))
+            block.mlp.down.weight.normal_(0.0, std / math.sqrt(2 * self.config.n_layer))
+
+    # ---------------------------------------------------------------- forward
+    def hidden_states(self, idx: torch.Tensor, kv_cache: KVCache | None = None, start_pos: int = 0):
+        """idx (B, T) -> final-normed hidden states (B, T, D); positions start at start_pos."""
+        T = idx.size(1)
+        if start_pos + T > self.config.max_seq_len:
+            raise ValueError(f"positions {start_pos}..{start_pos + T - 1} exceed max_seq_len "
+                             f"{self.config.max_seq_len}")
+        cos = self.rope_cos[start_pos:start_pos + T]
+        sin = self.rope_sin[start_pos:start_pos + T]
+        x = self.tok_emb(idx)
+        for i, block in enumerate(self.blocks):
+            x = block(x, cos, sin, i, kv_cache, start_pos)
+        return self.norm(x)
+
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
+                kv_cache: KVCache | None = None, start_pos: int = 0):
+        """idx (B, T) -> (logits (B, T, V), loss). loss is the mean fp32 cross-entropy over the
+        positions whose target is not -1, or None without targets. With kv_cache, idx holds the
+        tokens at positions start_pos.. and their keys/values are appended to the cache."""
+        logits = self.lm_head(self.hidden_states(idx, kv_cache, start_pos))
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.reshape(-1), ignore_index=-1)
+        return logits, loss
+
+    # ---------------------------------------------------------------- accounting
+    def num_params(self, non_embedding: bool = True) -> int:
+        """Parameters; non_embedding leaves out the token embedding and (when untied) the LM head."""
+        n = sum(p.numel() for p in self.parameters())  # a tied head is counted once
+        if non_embedding:
+            n -= self.tok_emb.weight.numel()
+            if not self.config.tie_embeddings:
+                n -= self.lm_head.weight.numel()
+        return n
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward = 3x forward), PaLM convention: 6 per
+        matmul weight (the LM head included, tied or not) plus 12·L·H·Dh·T for the attention scores
+        and weighted sum, counted as if unmasked (the causal kernel skips about half of it)."""
+        c = self.config
+        head_dim = c.n_embd // c.n_head
+        per_layer = (c.n_embd * (c.n_head + 2 * c.n_kv_head) * head_dim  # qkv
+                     + c.n_head * head_dim * c.n_embd                    # out
+                     + 3 * c.n_embd * c.ffn_hidden)                      # gate, up, down
+        matmul_weights = c.n_layer * per_layer + c.n_embd * c.vocab_size
+        return 6.0 * matmul_weights + 12.0 * c.n_layer * c.n_head * head_dim * seq_len
+
+    # ---------------------------------------------------------------- generation
+    @torch.no_grad()
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, eot_id: int | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """idx (B, T) prompt -> (B, T + n) with n <= max_new_tokens new tokens.
+
+        The prompt is run once (prefill) into a pre-allocated KV cache, then one token per step.
+        With eot_id, a row that has produced it is padded with eot_id, and generation stops early
+        once every row has. Raises ValueError if T + max_new_tokens exceeds max_seq_len: rotary
+        positions are absolute, so cropping the context would mean recomputing the whole cache."""
+        B, T = idx.shape
+        if T == 0:
+            raise ValueError("generate needs a prompt of at least one token")
+        if T + max_new_tokens > self.config.max_seq_len:
+            raise ValueError(f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds max_seq_len "
+                             f"({self.config.max_seq_len})")
+        c = self.config
+        cache = KVCache(c.n_layer, B, c.n_kv_head, T + max_new_tokens, c.n_embd // c.n_head)
+        out = [idx]
+        done = torch.zeros(B, 1, dtype=torch.bool, device=idx.device)
+        x, pos = idx, 0
+        for step in range(max_new_tokens):
+            # Only the last position's logits are needed: the head runs on one row per sequence.
+            h = self.hidden_states(x, cache, pos)[:, -1]
+            pos += x.size(1)
+            nxt = sample_next_token(self.lm_head(h), temperature, top_k, top_p, generator)
+            if eot_id is not None:
+                nxt = nxt.masked_fill(done, eot_id)
+                done |= nxt == eot_id
+            out.append(nxt)
+            if eot_id is not None and bool(done.all()):
+                break
+            x = nxt
+        return torch.cat(out, dim=1)
+
+    # ---------------------------------------------------------------- transformers interop
+    def _hf_state_dict(self) -> dict[str, torch.Tensor]:
+        c = self.config
+        hd = c.n_embd // c.n_head
+        sd = {"model.embed_tokens.weight": self.tok_emb.weight, "model.norm.weight": self.norm.weight}
+        if not c.tie_embeddings:
+            sd["lm_head.weight"] = self.lm_head.weight
+        for i, b in enumerate(self.blocks):
+            p = f"model.layers.{i}."
+            q, k, v = b.attn.qkv.weight.split([c.n_head * hd, c.n_kv_head * hd, c.n_kv_head * hd])
+            gate, up = b.mlp.gate_up.weight.chunk(2)
+            sd.update({p + "input_layernorm.weight": b.attn_norm.weight,
+                       p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k,
+                       p + "self_attn.v_proj.weight": v, p + "self_attn.o_proj.weight": b.attn.out.weight,
+                       p + "post_attention_layernorm.weight": b.mlp_norm.weight,
+                       p + "mlp.gate_proj.weight": gate, p + "mlp.up_proj.weight": up,
+                       p + "mlp.down_proj.weight": b.mlp.down.weight})
+        # safetensors wants separate, contiguous storage per tensor
+        return {k: v.detach().cpu().contiguous().clone() for k, v in sd.items()}
+
+    def hf_config(self, eos_token_id: int | None = None) -> dict:
+        c = self.config
+        return {
+            "architectures": ["LlamaForCausalLM"], "model_type": "llama",
+            "vocab_size": c.vocab_size, "hidden_size": c.n_embd, "intermediate_size": c.ffn_hidden,
+            "num_hidden_layers": c.n_layer, "num_attention_heads": c.n_head,
+            "num_key_value_heads": c.n_kv_head, "head_dim": c.n_embd // c.n_head,
+            "max_position_embeddings": c.max_seq_len, "rms_norm_eps": c.norm_eps,
+            # rope_theta for transformers 4.x, rope_parameters for 5.x
+            "rope_theta": c.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta},
+            "tie_word_embeddings": c.tie_embeddings, "initializer_range": c.init_std,
+            "hidden_act": "silu", "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0,
+            "bos_token_id": None, "eos_token_id": eos_token_id, "pad_token_id": None,
+            "torch_dtype": "float32", "use_cache": True,
+        }
+
+    def save_hf(self, folder: str | os.PathLike, eos_token_id: int | None = None) -> None:
+        """Write config.json + model.safetensors that `LlamaForCausalLM.from_pretrained(folder)`
+        loads. Each file is written to a temporary name and then renamed, so a crash never leaves
+        a half-written file. eos_token_id (e.g. the tokenizer's end-of-text) lets HF generate stop."""
+        from safetensors.torch import save_file
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        with _atomic_path(folder / "model.safetensors") as tmp:
+            save_file(self._hf_state_dict(), tmp, metadata={"format": "pt"})
+        with _atomic_path(folder / "config.json") as tmp:
+            Path(tmp).write_text(json.dumps(self.hf_config(eos_token_id), indent=2) + "\n")
+
+    @classmethod
+    def from_hf(cls, folder: str | os.PathLike) -> "Llama":
+        """Load a `transformers` Llama folder (config.json + model.safetensors, or a sharded
+        model.safetensors.index.json). Raises ValueError for features this model does not have."""
+        from safetensors.torch import load_file
+        folder = Path(folder)
+        hc = json.loads((folder / "config.json").read_text())
+        rope = hc.get("rope_parameters") or hc.get("rope_scaling") or {}
+        problems = []
+        if hc.get("model_type") != "llama":
+            problems.append(f"model_type {hc.get('model_type')!r}")
+        if rope.get("rope_type", rope.get("type", "default")) != "default":
+            problems.append(f"rope scaling {rope}")
+        if hc.get("hidden_act", "silu") != "silu":
+            problems.append(f"hidden_act {hc['hidden_act']!r}")
+        if hc.get("attention_bias") or hc.get("mlp_bias"):
+            problems.append("biases")
+        n_head = hc["num_attention_heads"]
+        if hc.get("head_dim") not in (None, hc["hidden_size"] // n_head):
+            problems.append(f"head_dim {hc['head_dim']} != hidden_size / heads")
+        if problems:
+            raise ValueError(f"{folder}: unsupported Llama variant: {', '.join(problems)}")
+        cfg = LlamaConfig(
+            vocab_size=hc["vocab_size"], n_layer=hc["num_hidden_layers"], n_embd=hc["hidden_size"],
+            n_head=n_head, n_kv_head=hc.get("num_key_value_heads") or n_head,
+            ffn_hidden=hc["intermediate_size"], max_seq_len=hc.get("max_position_embeddings", 2048),
+            rope_theta=float(rope.get("rope_theta", hc.get("rope_theta", 10000.0))),
+            norm_eps=float(hc.get("rms_norm_eps", 1e-6)),
+            tie_embeddings=bool(hc.get("tie_word_embeddings", False)),
+            init_std=float(hc.get("initializer_range", 0.02)))
+        index = folder / "model.safetensors.index.json"
+        files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.exists() \
+            else ["model.safetensors"]
+        sd = {}
+        for name in files:
+            sd.update(load_file(str(folder / name)))
+
+        model = cls(cfg)
+        ours = {"tok_emb.weight": sd.pop("model.embed_tokens.weight"), "norm.weight": sd.pop("model.norm.weight")}
+        head = sd.pop("lm_head.weight", None)
+        if cfg.tie_embeddings:
+            ours["lm_head.weight"] = ours["tok_emb.weight"]  # the same Parameter; a saved copy is ignored
+        elif head is None:
+            raise ValueError(f"{folder}: untied model without lm_head.weight")
+        else:
+            ours["lm_head.weight"] = head
+        for i in range(cfg.n_layer):
+            p = f"model.layers.{i}."
+            take = lambda name: sd.pop(p + name)  # noqa: E731
+            ours.update({
+                f"blocks.{i}.attn_norm.weight": take("input_layernorm.weight"),
+                f"blocks.{i}.attn.qkv.weight": torch.cat([take("self_attn.q_proj.weight"),
+                                                          take("self_attn.k_proj.weight"),
+                                                          take("self_attn.v_proj.weight")]),
+                f"blocks.{i}.attn.out.weight": take("self_attn.o_proj.weight"),
+                f"blocks.{i}.mlp_norm.weight": take("post_attention_layernorm.weight"),
+                f"blocks.{i}.mlp.gate_up.weight": torch.cat([take("mlp.gate_proj.weight"),
+                                                             take("mlp.up_proj.weight")]),
+                f"blocks.{i}.mlp.down.weight": take("mlp.down_proj.weight"),
+            })
+        leftover = [k for k in sd if "rotary_emb" not in k]
+        if leftover:
+            raise ValueError(f"{folder}: unexpected tensors {leftover[:5]}")
+        dtype = model.tok_emb.weight.dtype
+        model.load_state_dict({k: v.to(dtype) for k, v in ours.items()}, strict=True)
+        return model
+
+
+class _atomic_path:
+    """`with _atomic_path(final) as tmp:` write tmp; on success it replaces final, else is removed."""
+
+    def __init__(self, final: Path):
+        self.final = Path(final)
+
+    def __enter__(self) -> str:
+        fd, self.tmp = tempfile.mkstemp(dir=self.final.parent, prefix=self.final.name + ".", suffix=".tmp")
+        os.close(fd)
+        os.chmod(self.tmp, 0o644)  # mkstemp makes it private; the final file should read like any other
+        return self.tmp
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            os.replace(self.tmp, self.final)
+        elif os.path.exists(self.tmp):
+            os.remove(self.tmp)
+        return False

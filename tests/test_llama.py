@@ -1,0 +1,239 @@
+"""model_llama.Llama against an independent oracle: transformers.LlamaForCausalLM on the same weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import transformers
+
+from model_llama import KVCache, Llama, LlamaConfig
+
+ATOL = 1e-4
+
+
+def tiny_config(**overrides) -> LlamaConfig:
+    base = dict(vocab_size=97, n_layer=2, n_embd=48, n_head=4, n_kv_head=4, ffn_hidden=80,
+                max_seq_len=64, rope_theta=10000.0, norm_eps=1e-5)
+    return LlamaConfig(**{**base, **overrides})
+
+
+def random_llama(cfg: LlamaConfig, seed: int = 0) -> Llama:
+    """A model whose weights are far from the init (large matrices, norm gains != 1), so that
+    parity tests exercise every parameter rather than near-uniform logits."""
+    torch.manual_seed(seed)
+    model = Llama(cfg)
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 0.15)
+            else:
+                p.copy_(1.0 + 0.3 * torch.randn_like(p))
+    return model.eval()
+
+
+def hf_twin(model: Llama) -> transformers.LlamaForCausalLM:
+    """LlamaForCausalLM (eager attention: the plain reference path) holding model's weights.
+
+    The weight mapping is written out here on purpose instead of calling model.save_hf, so that
+    these tests check the export mapping rather than reuse it."""
+    c = model.config
+    hd = c.n_embd // c.n_head
+    hc = transformers.LlamaConfig(
+        vocab_size=c.vocab_size, hidden_size=c.n_embd, intermediate_size=c.ffn_hidden,
+        num_hidden_layers=c.n_layer, num_attention_heads=c.n_head, num_key_value_heads=c.n_kv_head,
+        max_position_embeddings=c.max_seq_len, rope_theta=c.rope_theta, rms_norm_eps=c.norm_eps,
+        tie_word_embeddings=c.tie_embeddings, bos_token_id=None, eos_token_id=None, pad_token_id=None,
+        attn_implementation="eager")
+    hf = transformers.LlamaForCausalLM(hc).eval()
+    with torch.no_grad():
+        hf.model.embed_tokens.weight.copy_(model.tok_emb.weight)
+        hf.model.norm.weight.copy_(model.norm.weight)
+        if not c.tie_embeddings:
+            hf.lm_head.weight.copy_(model.lm_head.weight)
+        for ours, theirs in zip(model.blocks, hf.model.layers):
+            qkv = ours.attn.qkv.weight
+            theirs.self_attn.q_proj.weight.copy_(qkv[: c.n_head * hd])
+            theirs.self_attn.k_proj.weight.copy_(qkv[c.n_head * hd: (c.n_head + c.n_kv_head) * hd])
+            theirs.self_attn.v_proj.weight.copy_(qkv[(c.n_head + c.n_kv_head) * hd:])
+            theirs.self_attn.o_proj.weight.copy_(ours.attn.out.weight)
+            theirs.input_layernorm.weight.copy_(ours.attn_norm.weight)
+            theirs.post_attention_layernorm.weight.copy_(ours.mlp_norm.weight)
+            theirs.mlp.gate_proj.weight.copy_(ours.mlp.gate_up.weight[: c.ffn_hidden])
+            theirs.mlp.up_proj.weight.copy_(ours.mlp.gate_up.weight[c.ffn_hidden:])
+            theirs.mlp.down_proj.weight.copy_(ours.mlp.down.weight)
+    assert (hf.lm_head.weight is hf.model.embed_tokens.weight) == c.tie_embeddings
+    return hf
+
+
+VARIANTS = {  # name: config overrides
+    "mha-untied": dict(n_kv_head=4, tie_embeddings=False),
+    "gqa-tied": dict(n_kv_head=2, tie_embeddings=True),
+    "mqa-untied-theta500k": dict(n_kv_head=1, rope_theta=500000.0),
+}
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_logits_and_loss_match_transformers(variant):
+    model = random_llama(tiny_config(**VARIANTS[variant]))
+    hf = hf_twin(model)
+    torch.manual_seed(1)
+    idx = torch.randint(0, 97, (3, 37))  # odd T
+    # Our targets are already shifted (targets[t] = idx[t+1]); -1 marks positions to ignore.
+    targets = torch.cat([idx[:, 1:], torch.full((3, 1), -1)], dim=1)
+    targets[0, 5:9] = -1
+    labels = idx.clone()
+    labels[0, 6:10] = -100  # the same positions, in HF's unshifted labels
+    with torch.no_grad():
+        logits, loss = model(idx, targets)
+        ref = hf(idx, labels=labels)
+        logits_only, no_loss = model(idx)
+    assert no_loss is None
+    assert logits.dtype == torch.float32 and logits.shape == (3, 37, 97)
+    torch.testing.assert_close(logits, ref.logits, atol=ATOL, rtol=0)
+    torch.testing.assert_close(logits_only, logits, atol=0, rtol=0)
+    torch.testing.assert_close(loss, ref.loss, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_save_hf_round_trip(tmp_path, tied):
+    model = random_llama(tiny_config(n_kv_head=2, tie_embeddings=tied))
+    model.save_hf(tmp_path / "hf")
+    assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["config.json", "model.safetensors"]
+    hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    assert hf.config.num_key_value_heads == 2 and hf.config.tie_word_embeddings == tied
+    idx = torch.randint(0, 97, (2, 21))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx)[0], hf(idx).logits, atol=ATOL, rtol=0)
+
+    # ... and back: an HF-saved folder loads into ours with the same logits.
+    hf.save_pretrained(tmp_path / "hf2")
+    back = Llama.from_hf(tmp_path / "hf2").eval()
+    assert back.config == model.config
+    with torch.no_grad():
+        torch.testing.assert_close(back(idx)[0], model(idx)[0], atol=1e-6, rtol=0)
+
+
+def test_from_hf_model_built_by_transformers(tmp_path):
+    """A model that transformers initialised itself (not one of ours) imports with equal logits."""
+    torch.manual_seed(3)
+    hc = transformers.LlamaConfig(vocab_size=61, hidden_size=32, intermediate_size=72, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=40,
+                                  rope_theta=1234.0, rms_norm_eps=1e-6, initializer_range=0.3)
+    hf = transformers.LlamaForCausalLM(hc).eval()
+    hf.save_pretrained(tmp_path)
+    ours = Llama.from_hf(tmp_path).eval()
+    assert (ours.config.rope_theta, ours.config.norm_eps, ours.config.max_seq_len) == (1234.0, 1e-6, 40)
+    idx = torch.randint(0, 61, (2, 19))
+    with torch.no_grad():
+        torch.testing.assert_close(ours(idx)[0], hf(idx).logits, atol=ATOL, rtol=0)
+
+
+def test_from_hf_rejects_unsupported(tmp_path):
+    hc = transformers.LlamaConfig(vocab_size=61, hidden_size=32, intermediate_size=72, num_hidden_layers=1,
+                                  num_attention_heads=4, attention_bias=True)
+    transformers.LlamaForCausalLM(hc).save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="biases"):
+        Llama.from_hf(tmp_path)
+
+
+def greedy_without_cache(model: Llama, idx: torch.Tensor, n: int) -> torch.Tensor:
+    for _ in range(n):
+        logits, _ = model(idx)
+        idx = torch.cat([idx, logits[:, -1].argmax(-1, keepdim=True)], dim=1)
+    return idx
+
+
+@pytest.mark.parametrize("n_kv_head", [4, 2])
+def test_greedy_generate_matches_full_forward_and_transformers(n_kv_head):
+    model = random_llama(tiny_config(n_kv_head=n_kv_head))
+    torch.manual_seed(2)
+    prompt = torch.randint(0, 97, (3, 7))
+    out = model.generate(prompt, 20, temperature=0.0)
+    assert out.shape == (3, 27) and torch.equal(out[:, :7], prompt)
+    assert torch.equal(out, greedy_without_cache(model, prompt, 20))
+    hf_out = hf_twin(model).generate(prompt, max_new_tokens=20, do_sample=False, min_new_tokens=20,
+                                     attention_mask=torch.ones_like(prompt), pad_token_id=0)
+    assert torch.equal(out, hf_out)
+
+
+def test_cached_step_logits_equal_full_forward():
+    model = random_llama(tiny_config(n_kv_head=2))
+    idx = torch.randint(0, 97, (2, 30))
+    with torch.no_grad():
+        full, _ = model(idx)
+        cache = KVCache(2, 2, 2, 30, 12)
+        steps = [model(idx[:, :9], kv_cache=cache, start_pos=0)[0]]           # prefill
+        steps += [model(idx[:, 9:16], kv_cache=cache, start_pos=9)[0]]        # a chunk after a prefix
+        steps += [model(idx[:, t:t + 1], kv_cache=cache, start_pos=t)[0] for t in range(16, 30)]  # one by one
+    torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=ATOL, rtol=0)
+
+
+def test_generate_stops_at_eot_and_respects_max_seq_len():
+    model = random_llama(tiny_config())
+    prompt = torch.randint(0, 97, (2, 5))
+    greedy = model.generate(prompt, 12, temperature=0.0)
+    eot = int(greedy[0, 5 + 2])  # make row 0's third new token the end-of-text
+    out = model.generate(prompt, 12, temperature=0.0, eot_id=eot)
+    # Expected: each row as in plain greedy up to its first eot, eot afterwards, and no steps once
+    # every row is done.
+    expected, finish = greedy[:, 5:].clone(), []
+    for row in expected:
+        hits = (row == eot).nonzero()
+        finish.append(int(hits[0]) + 1 if len(hits) else 12)
+        row[finish[-1]:] = eot
+    assert finish[0] <= 3
+    assert torch.equal(out, torch.cat([prompt, expected[:, :max(finish)]], dim=1))
+    # sampling runs with top-k / top-p and a seeded generator, reproducibly
+    g = lambda: torch.Generator().manual_seed(0)  # noqa: E731
+    a = model.generate(prompt, 8, temperature=0.9, top_k=10, top_p=0.9, generator=g())
+    assert torch.equal(a, model.generate(prompt, 8, temperature=0.9, top_k=10, top_p=0.9, generator=g()))
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model.generate(prompt, 64 - 5 + 1)
+    assert model.generate(prompt, 64 - 5, temperature=0.0).shape == (2, 64)
+
+
+def test_num_params_of_the_paper_model():
+    cfg = LlamaConfig()
+    model = Llama(cfg)
+    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+        vocab_size=2000, hidden_size=336, intermediate_size=1344, num_hidden_layers=8,
+        num_attention_heads=8, num_key_value_heads=8, tie_word_embeddings=False))
+    hf_total = sum(p.numel() for p in hf.parameters())
+    hf_embeddings = hf.model.embed_tokens.weight.numel() + hf.lm_head.weight.numel()
+    print(f"\nLlama 14M: {model.num_params():,} non-embedding, {model.num_params(non_embedding=False):,} total")
+    assert model.num_params() == hf_total - hf_embeddings == 14_456_400
+    assert model.num_params(non_embedding=False) == hf_total == 15_800_400
+    tied = Llama(LlamaConfig(tie_embeddings=True))
+    assert tied.num_params() == 14_456_400 and tied.num_params(non_embedding=False) == 14_456_400 + 672_000
+    # 6 FLOPs per matmul weight (head included) plus the attention term
+    assert model.flops_per_token(256) == 6 * (14_456_400 - 17 * 336 + 672_000) + 12 * 8 * 336 * 256
+
+
+def test_training_reduces_loss_and_bf16_autocast_runs():
+    torch.manual_seed(0)
+    model = Llama(tiny_config(n_kv_head=2))
+    idx = torch.arange(33).remainder(7)[None].repeat(2, 1)  # a tiny repeated sequence
+    x, y = idx[:, :-1], idx[:, 1:]
+    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+    losses = []
+    for _ in range(10):
+        _, loss = model(x, y)
+        opt.zero_grad()
+        loss.backward()
+        assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.1 * losses[0], losses
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, loss = model(x, y)
+        out = model.generate(x[:, :4], 3, temperature=0.0)
+    assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32 and torch.isfinite(loss)
+    assert out.shape == (2, 7)
+
+
+def test_compiles_without_graph_breaks():
+    model = Llama(tiny_config(n_kv_head=2))
+    idx = torch.randint(0, 97, (2, 16))
+    explanation = torch._dynamo.explain(model)(idx, idx)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    assert explanation.graph_count == 1
