@@ -99,11 +99,59 @@ def check_genres(genres: Iterable[str]) -> list[str]:
 
 # ---- reading rows ---------------------------------------------------------------------------------
 
+class _ZstdReader(io.RawIOBase):
+    """Streaming zstd decompression that notices a truncated file.
+
+    The release's .zst files record neither their content size nor a checksum, and zstandard's own
+    stream_reader just stops where a cut file stops, so a truncated download would silently lose rows.
+    Here the compressed data must end exactly at the end of a frame (several frames may follow each other)."""
+
+    def __init__(self, path: Path):
+        super().__init__()
+        self._path, self._file = path, open(path, "rb")
+        self._out, self._pos = b"", 0
+        self._start_frame()
+
+    def _start_frame(self):
+        self._frame, self._in_frame = zstandard.ZstdDecompressor().decompressobj(), False
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:
+        while self._pos == len(self._out):
+            data = self._file.read(1 << 20)
+            if not data:
+                if self._in_frame:
+                    raise DataError(f"{self._path}: the zstd data stops in the middle of a frame: the file "
+                                    f"is truncated; fetch it again")
+                return 0
+            self._out, self._pos = self._decompress(data), 0
+        n = min(len(buffer), len(self._out) - self._pos)
+        buffer[:n] = self._out[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+    def _decompress(self, data: bytes) -> bytes:
+        out = []
+        while data:
+            self._in_frame = True
+            out.append(self._frame.decompress(data))
+            if not self._frame.eof:
+                break
+            data = self._frame.unused_data  # the start of a following frame, if any
+            self._start_frame()
+        return b"".join(out)
+
+    def close(self):
+        self._file.close()
+        super().close()
+
+
 def _open_text(path: Path) -> TextIO:
     """Open a plain or .zst file as text. newline="\\n": only \\n ends a JSON line, nothing is translated."""
     if path.name.endswith(".zst"):
-        raw = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
-        return io.TextIOWrapper(raw, encoding="utf-8", newline="\n")
+        return io.TextIOWrapper(io.BufferedReader(_ZstdReader(path), 1 << 20), encoding="utf-8", newline="\n")
     return open(path, encoding="utf-8", newline="\n")
 
 

@@ -226,6 +226,16 @@ def test_error_unknown_absent_and_empty_genres(tmp_path):
         list(iter_documents(root, "leaner", "train", ["wiki"]))
 
 
+def test_error_truncated_zst_is_not_silently_short(tmp_path):
+    # The release's .zst files carry no size or checksum: a cut file must still be detected.
+    root = tmp_path / "root"
+    shutil.copytree(MINI, root)
+    path = root / "ori/10M/train/wiki0000.jsonl.zst"
+    path.write_bytes(path.read_bytes()[:-40])
+    with pytest.raises(DataError, match=r"wiki0000\.jsonl\.zst: the zstd data stops .* truncated"):
+        list(iter_documents(root, "ori", "train", ["wiki"]))
+
+
 def test_jsonl_texts_and_load_texts():
     docs = load_texts(FIXTURES / "texts.jsonl")
     assert [(d.genre, d.line) for d in docs] == [("text", 1), ("text", 2), ("text", 4)]  # line 3 is blank
