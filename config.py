@@ -17,6 +17,7 @@ ConfigError that names where it came from (file and line, or the flag) and lists
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
 import sys
 import types
@@ -128,7 +129,11 @@ def _unknown(key: str, where: str, cfg) -> ConfigError:
 
 
 def _set(cfg, dotted: str, value, where: str, from_text: bool):
-    """Set cfg.<dotted> = value (checked), returning the updated (new) dataclass instance."""
+    """Return a copy of cfg with cfg.<dotted> = value (type-checked).
+
+    Copies are updated field by field without running __post_init__, because settings that must
+    agree (n_head and n_kv_head, say) are often changed one flag at a time; _validate checks the
+    finished config once."""
     head, _, rest = dotted.partition(".")
     names = {f.name for f in dataclasses.fields(cfg)}
     if head not in names:
@@ -137,14 +142,30 @@ def _set(cfg, dotted: str, value, where: str, from_text: bool):
         inner = getattr(cfg, head)
         if not dataclasses.is_dataclass(inner):
             raise _unknown(dotted, where, cfg)
-        return dataclasses.replace(cfg, **{head: _set(inner, rest, value, where, from_text)})
-    tp = _field_types(type(cfg))[head]
-    current = getattr(cfg, head)
-    if dataclasses.is_dataclass(current) and from_text:
-        raise ConfigError(f"{where}: {head} is a group of settings; set its members, e.g. "
-                          f"--{head}.{dataclasses.fields(current)[0].name}=...")
-    value = _parse_text(value, tp, where, head) if from_text else _check_value(value, tp, where, head)
-    return dataclasses.replace(cfg, **{head: value})
+        value = _set(inner, rest, value, where, from_text)
+    else:
+        tp = _field_types(type(cfg))[head]
+        current = getattr(cfg, head)
+        if dataclasses.is_dataclass(current) and from_text:
+            raise ConfigError(f"{where}: {head} is a group of settings; set its members, e.g. "
+                              f"--{head}.{dataclasses.fields(current)[0].name}=...")
+        value = _parse_text(value, tp, where, head) if from_text else _check_value(value, tp, where, head)
+    updated = copy.copy(cfg)
+    object.__setattr__(updated, head, value)
+    return updated
+
+
+def _validate(cfg):
+    """Rebuild every dataclass from its fields so that its own checks (__post_init__) run once on
+    the finished settings; their complaints become ConfigErrors."""
+    values = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        values[f.name] = _validate(value) if dataclasses.is_dataclass(value) else value
+    try:
+        return type(cfg)(**values)
+    except (ValueError, TypeError) as e:
+        raise ConfigError(f"inconsistent {type(cfg).__name__} settings: {e}") from None
 
 
 def _assignment_lines(path: Path) -> dict[str, int]:
@@ -196,7 +217,7 @@ def parse_args(defaults, argv: Sequence[str] | None = None):
             cfg = _set(cfg, key.replace("-", "_"), text, f"flag {arg}", from_text=True)
         else:
             cfg = apply_file(cfg, arg)
-    return cfg
+    return _validate(cfg)
 
 
 def describe(cfg) -> str:

@@ -92,3 +92,26 @@ def test_run_cli_exits_2_with_message(capsys):
 def test_to_dict_keeps_model_class():
     d = config_lib.to_dict(Outer())
     assert d["model"]["__class__"] == "Inner" and d["model"]["n_layer"] == 2
+
+
+@dataclass
+class Heads:
+    n_head: int = 8
+    n_kv_head: int = 8
+
+    def __post_init__(self):
+        if self.n_head % self.n_kv_head:
+            raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
+
+
+@dataclass
+class WithHeads:
+    model: object = field(default_factory=Heads)
+
+
+def test_dependent_settings_are_checked_once_at_the_end():
+    # Changing n_head first would be inconsistent on its own; only the finished config is checked.
+    cfg = config_lib.parse_args(WithHeads(), ["--model.n_head=4", "--model.n_kv_head=2"])
+    assert cfg.model == Heads(4, 2)
+    with pytest.raises(ConfigError, match="inconsistent Heads settings: n_head"):
+        config_lib.parse_args(WithHeads(), ["--model.n_head=6", "--model.n_kv_head=4"])

@@ -1,0 +1,116 @@
+"""Loss, perplexity and bits per byte of a trained model, per genre.
+
+    python evaluate.py --out_dir=out/demo_llama --data=../shared/data/tinyhelen --split=test
+    python evaluate.py --out_dir=out/demo_llama --data=my_texts.jsonl        # rows of {"text": ...}
+
+Each genre's documents are joined the way training saw them (end-of-text before every document) and
+scored in windows of seq_len tokens. Every token after the first end-of-text is predicted exactly once.
+
+Bits per byte = total negative log-likelihood in bits / UTF-8 bytes of the text (each end-of-text
+counted as one byte, the separator). Unlike loss per token it does not depend on the tokenizer, so
+a 2,000-token and a 100,000-token vocabulary can be compared.
+
+The last line printed is one JSON object with loss, perplexity, bits_per_byte, tokens, bytes and a
+per-genre breakdown.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import config as config_lib
+from checkpoint import CheckpointError, load_model
+from sample import load_run_tokenizer
+
+
+@dataclass
+class EvalConfig:
+    out_dir: str = "out/demo_llama"              # run folder holding ckpt.pt
+    data: str = "../shared/data/tinyhelen"       # TinyHelen-layout folder, or a JSONL file of {"text": ...}
+    corpus: str = "leaner"                       # leaner | ori (folders only)
+    split: str = "test"                          # train | validation | test (folders only)
+    genres: str = "all"                          # comma-separated genres, or all (folders only)
+    seq_len: int = 0                             # 0 = the seq_len the model was trained with
+    batch_size: int = 8
+    max_tokens_per_genre: int = 0                # 0 = every token; else a prefix of each genre
+    device: str = "cpu"
+
+
+@torch.no_grad()
+def score_stream(model, stream: list[int], seq_len: int, batch_size: int, device: str) -> float:
+    """Summed next-token NLL (nats) over stream[1:], in windows of seq_len predictions."""
+    windows = []
+    for start in range(0, len(stream) - 1, seq_len):
+        chunk = stream[start:start + seq_len + 1]
+        x = chunk[:-1] + [0] * (seq_len + 1 - len(chunk))
+        y = chunk[1:] + [-1] * (seq_len + 1 - len(chunk))  # -1: padding, not scored
+        windows.append((x, y))
+    total = 0.0
+    for i in range(0, len(windows), batch_size):
+        x = torch.tensor([w[0] for w in windows[i:i + batch_size]], device=device)
+        y = torch.tensor([w[1] for w in windows[i:i + batch_size]], device=device)
+        _, mean_loss = model(x, y)
+        total += mean_loss.double().item() * int((y != -1).sum())
+    return total
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    from data.corpus import load_texts
+
+    model, ckpt = load_model(cfg.out_dir, cfg.device)
+    run_dir = Path(cfg.out_dir)
+    tokenizer = load_run_tokenizer(run_dir if run_dir.is_dir() else run_dir.parent, ckpt.get("data_meta", {}))
+    seq_len = cfg.seq_len or ckpt["config"]["seq_len"]
+    genres = None if cfg.genres == "all" else [g.strip() for g in cfg.genres.split(",") if g.strip()]
+
+    texts_by_genre: dict[str, list[str]] = defaultdict(list)
+    for doc in load_texts(cfg.data, corpus=cfg.corpus, split=cfg.split, genres=genres):
+        texts_by_genre[doc.genre].append(doc.text)
+    if not texts_by_genre:
+        raise FileNotFoundError(f"no documents found in {cfg.data} (corpus {cfg.corpus}, split {cfg.split})")
+
+    results = {}
+    for genre, texts in texts_by_genre.items():
+        stream, n_bytes = [tokenizer.eot_id], 0
+        for text, ids in zip(texts, tokenizer.encode_batch(texts)):
+            stream += ids + [tokenizer.eot_id]
+            n_bytes += len(text.encode("utf-8")) + 1
+            if cfg.max_tokens_per_genre and len(stream) > cfg.max_tokens_per_genre:
+                break
+        nll = score_stream(model, stream, seq_len, cfg.batch_size, cfg.device)
+        n_tokens = len(stream) - 1
+        results[genre] = {"loss": nll / n_tokens, "tokens": n_tokens, "bytes": n_bytes, "nll": nll}
+        print(f"{genre:>13s} | loss {nll / n_tokens:7.4f} | ppl {math.exp(nll / n_tokens):9.2f} | "
+              f"bpb {nll / math.log(2) / n_bytes:6.4f} | {n_tokens:>9,} tokens", flush=True)
+
+    nll = sum(r["nll"] for r in results.values())
+    tokens = sum(r["tokens"] for r in results.values())
+    n_bytes = sum(r["bytes"] for r in results.values())
+    summary = {
+        "loss": nll / tokens, "perplexity": math.exp(nll / tokens), "bits_per_byte": nll / math.log(2) / n_bytes,
+        "tokens": tokens, "bytes": n_bytes, "tokenizer": tokenizer.name, "data": cfg.data,
+        "genres": {g: {"loss": r["loss"], "perplexity": math.exp(r["loss"]),
+                       "bits_per_byte": r["nll"] / math.log(2) / r["bytes"], "tokens": r["tokens"]}
+                   for g, r in results.items()},
+    }
+    return summary
+
+
+def main(cfg: EvalConfig) -> None:
+    try:
+        summary = evaluate(cfg)
+    except (CheckpointError, FileNotFoundError, ValueError) as e:  # ValueError: data.corpus.DataError
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    print(json.dumps(summary), flush=True)
+
+
+if __name__ == "__main__":
+    config_lib.run_cli(main, EvalConfig())

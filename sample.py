@@ -1,0 +1,78 @@
+"""Generate text from a trained model.
+
+    python sample.py --out_dir=out/demo_llama --prompt="Once upon a time" --num_samples=3 \
+        --max_new_tokens=200 --temperature=0.8 --top_k=50 --top_p=0.95
+
+Reads OUT_DIR/ckpt.pt and the tokenizer the run copied beside it; works for every model type.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+import config as config_lib
+from checkpoint import CheckpointError, load_model
+
+
+@dataclass
+class SampleConfig:
+    out_dir: str = "out/demo_llama"     # a run folder (holds ckpt.pt) or a ckpt.pt path
+    prompt: str = "Once upon a time"    # text to continue; "" starts from the end-of-text token alone
+    num_samples: int = 3
+    max_new_tokens: int = 200
+    temperature: float = 0.8            # 0 = greedy
+    top_k: int = 50                     # 0 = off
+    top_p: float = 0.95                 # 1 = off
+    seed: int = 1337
+    device: str = "cpu"
+
+
+def load_run_tokenizer(out_dir: str | Path, meta: dict):
+    """The tokenizer a run was trained with: OUT_DIR/tokenizer.json, or a named standard one."""
+    from data.tokenizer import load_tokenizer
+    local = Path(out_dir) / "tokenizer.json"
+    if local.is_file():
+        return load_tokenizer(str(local))
+    name = meta.get("tokenizer", "")
+    if name and not name.endswith(".json"):
+        return load_tokenizer(name)  # a standard tokenizer such as cl100k_base
+    raise CheckpointError(f"no tokenizer found for the run in {out_dir}: expected {local}")
+
+
+def generate_texts(cfg: SampleConfig) -> list[str]:
+    out_dir = Path(cfg.out_dir)
+    run_dir = out_dir.parent if out_dir.suffix == ".pt" else out_dir
+    model, ckpt = load_model(out_dir, cfg.device)
+    tokenizer = load_run_tokenizer(run_dir, ckpt.get("data_meta", {}))
+    # Documents were joined with end-of-text during training, so it is the natural start token.
+    prompt_ids = [tokenizer.eot_id] + tokenizer.encode(cfg.prompt)
+    idx = torch.tensor([prompt_ids] * cfg.num_samples, device=cfg.device)
+    generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
+    out = model.generate(idx, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k or None,
+                         top_p=cfg.top_p if cfg.top_p < 1 else None, eot_id=tokenizer.eot_id,
+                         generator=generator)
+    texts = []
+    for row in out.tolist():
+        new = row[len(prompt_ids):]
+        if tokenizer.eot_id in new:
+            new = new[:new.index(tokenizer.eot_id)]
+        texts.append(cfg.prompt + tokenizer.decode(new))
+    return texts
+
+
+def main(cfg: SampleConfig) -> None:
+    try:
+        texts = generate_texts(cfg)
+    except (CheckpointError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    for i, text in enumerate(texts):
+        print(f"--- sample {i + 1} ---\n{text}\n", flush=True)
+
+
+if __name__ == "__main__":
+    config_lib.run_cli(main, SampleConfig())
