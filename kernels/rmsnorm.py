@@ -1,0 +1,91 @@
+"""RMSNorm as a custom op: y = x / sqrt(mean(x^2) + eps) * weight over the last dimension.
+
+Shapes: (..., D) in, same out; M = the number of rows (all leading dimensions together).
+
+    y = rms_norm(x, weight, eps, backend="auto")
+
+Triton on CUDA tensors (rmsnorm_triton.py), PyTorch elsewhere; backend="torch"/"triton" forces
+one (see backend.py). Statistics are always fp32; y comes back in x's dtype. The forward op also
+returns rstd (M,), which the backward op reuses instead of recomputing it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kernels.backend import use_triton
+
+
+def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
+    """Plain PyTorch, autograd through it: the oracle for the tests."""
+    xf = x.float()
+    return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + eps) * weight.float()).to(x.dtype)
+
+
+def _torch_forward(x2, weight, eps):
+    xf = x2.float()
+    rstd = torch.rsqrt(xf.pow(2).mean(-1) + eps)
+    return (xf * rstd[:, None] * weight.float()).to(x2.dtype), rstd
+
+
+def _torch_backward(gy2, x2, weight, rstd):
+    x_hat = x2.float() * rstd[:, None]
+    wg = gy2.float() * weight.float()
+    gx = rstd[:, None] * (wg - x_hat * (wg * x_hat).mean(-1, keepdim=True))
+    return gx.to(x2.dtype), (gy2.float() * x_hat).sum(0)
+
+
+@torch.library.custom_op("tinyhelen::rms_norm", mutates_args=())
+def _rms_norm_op(x: torch.Tensor, weight: torch.Tensor, eps: float,
+                 backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    if use_triton(x, backend):
+        from kernels import rmsnorm_triton
+        y, rstd = rmsnorm_triton.rms_norm_forward(x2, weight.contiguous(), eps)
+    else:
+        y, rstd = _torch_forward(x2, weight, eps)
+    return y.reshape(x.shape), rstd
+
+
+@_rms_norm_op.register_fake
+def _(x, weight, eps, backend):
+    return torch.empty_like(x), x.new_empty(x.numel() // x.shape[-1], dtype=torch.float32)
+
+
+@torch.library.custom_op("tinyhelen::rms_norm_backward", mutates_args=())
+def _rms_norm_backward_op(gy: torch.Tensor, x: torch.Tensor, weight: torch.Tensor, rstd: torch.Tensor,
+                          backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    gy2 = gy.reshape(x2.shape).contiguous()
+    if use_triton(x, backend):
+        from kernels import rmsnorm_triton
+        gx, gw = rmsnorm_triton.rms_norm_backward(gy2, x2, weight.contiguous(), rstd)
+    else:
+        gx, gw = _torch_backward(gy2, x2, weight, rstd)
+    return gx.reshape(x.shape), gw.to(weight.dtype)
+
+
+@_rms_norm_backward_op.register_fake
+def _(gy, x, weight, rstd, backend):
+    return torch.empty_like(x), torch.empty_like(weight)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, eps, backend = inputs
+    ctx.save_for_backward(x, weight, output[1])
+    ctx.mark_non_differentiable(output[1])
+    ctx.backend = backend
+
+
+def _backward(ctx, gy, _g_rstd):
+    x, weight, rstd = ctx.saved_tensors
+    gx, gw = _rms_norm_backward_op(gy, x, weight, rstd, ctx.backend)
+    return gx, gw, None, None
+
+
+torch.library.register_autograd("tinyhelen::rms_norm", _backward, setup_context=_setup_context)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5, backend: str = "auto") -> torch.Tensor:
+    """RMSNorm of x (..., D) with weight (D,): see the module docstring."""
+    return _rms_norm_op(x, weight, eps, backend)[0]
