@@ -203,21 +203,35 @@ def apply_file(cfg, path: str | Path):
 
 def parse_args(defaults, argv: Sequence[str] | None = None):
     """Build a config from defaults (a dataclass instance), config files and --key=value flags."""
-    argv = list(sys.argv[1:] if argv is None else argv)
+    args = list(sys.argv[1:] if argv is None else argv)
     cfg = defaults
-    for arg in argv:
+    while args:
+        arg = args.pop(0)
         if arg in ("-h", "--help"):
             print(describe(cfg))
             raise SystemExit(0)
         if arg.startswith("--"):
             key, eq, text = arg[2:].partition("=")
+            key = key.replace("-", "_")
             if not eq:
-                # A bare --flag means true for a boolean key (e.g. --resume).
-                text = "true"
-            cfg = _set(cfg, key.replace("-", "_"), text, f"flag {arg}", from_text=True)
+                # "--key value" also works; a bare boolean flag (--resume) means true.
+                takes_value = _declared_type(cfg, key) is not bool and args and not args[0].startswith("--")
+                text = args.pop(0) if takes_value else "true"
+            cfg = _set(cfg, key, text, f"flag {arg}", from_text=True)
         else:
             cfg = apply_file(cfg, arg)
     return _validate(cfg)
+
+
+def _declared_type(cfg, dotted: str):
+    """The declared type of a (possibly dotted) key, or None if there is no such key."""
+    head, _, rest = dotted.partition(".")
+    if head not in {f.name for f in dataclasses.fields(cfg)}:
+        return None
+    if rest:
+        inner = getattr(cfg, head)
+        return _declared_type(inner, rest) if dataclasses.is_dataclass(inner) else None
+    return _field_types(type(cfg))[head]
 
 
 def describe(cfg) -> str:

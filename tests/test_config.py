@@ -115,3 +115,10 @@ def test_dependent_settings_are_checked_once_at_the_end():
     assert cfg.model == Heads(4, 2)
     with pytest.raises(ConfigError, match="inconsistent Heads settings: n_head"):
         config_lib.parse_args(WithHeads(), ["--model.n_head=6", "--model.n_kv_head=4"])
+
+
+def test_space_separated_values_and_bare_booleans(tmp_path):
+    path = tmp_path / "c.py"
+    path.write_text("steps = 4\n")
+    cfg = config_lib.parse_args(Outer(compile=False), ["--name", "x y", "--compile", str(path), "--lr", "0.5"])
+    assert (cfg.name, cfg.compile, cfg.steps, cfg.lr) == ("x y", True, 4, 0.5)
