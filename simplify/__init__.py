@@ -1,0 +1,9 @@
+"""simplify: rewrite ordinary training text into a simple-language world with an LLM, genre by genre.
+
+The pipeline (python -m simplify run) reads documents, cleans them, chunks them by sentences, sends
+each chunk with a genre prompt to any OpenAI-compatible chat endpoint, validates every answer, and
+caches it on disk so that an interrupted run loses nothing. `python -m simplify stats` measures how
+simple a corpus is; `python -m simplify serve` starts the small embedded llama.cpp model.
+"""
+
+GENRES = ("web", "book", "wiki", "textbook", "conversation", "code", "math", "instruction", "glue")

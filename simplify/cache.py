@@ -1,0 +1,51 @@
+"""Content-addressed answer cache: what made an answer decides where it is stored.
+
+The key is the sha256 of the prompt version, the exact messages (so the chunk and the genre
+prompt), the model and every sampling setting. A restarted run with the same command finds every
+answer it already paid for; a changed prompt or setting finds nothing stale. Files are written
+to a temporary name and renamed, so a crash leaves either the whole answer or none. Only the
+answer text and its model are stored: never a key, a header or an endpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import threading
+from pathlib import Path
+
+
+def cache_key(**parts) -> str:
+    blob = json.dumps(parts, sort_keys=True, ensure_ascii=False, separators=(",", ":"))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+class AnswerCache:
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.hits = self.misses = 0
+        self._lock = threading.Lock()
+
+    def path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> dict | None:
+        try:
+            value = json.loads(self.path(key).read_text(encoding="utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+            value = None  # a missing or unreadable entry is simply asked again
+        with self._lock:
+            if value is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+        return value
+
+    def put(self, key: str, value: dict) -> None:
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{key}.{os.getpid()}.{threading.get_ident()}.tmp")
+        tmp.write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8")
+        os.replace(tmp, path)
