@@ -448,7 +448,8 @@ def _hf_layout(cfg: MambaConfig):
                 mamba_d_head=cfg.headdim, mamba_n_groups=cfg.n_groups, mamba_d_state=cfg.d_state,
                 mamba_d_conv=cfg.d_conv, mamba_expand=cfg.expand, mamba_chunk_size=cfg.chunk_size,
                 mamba_conv_bias=cfg.conv_bias, mamba_proj_bias=cfg.proj_bias, hidden_act="silu",
-                mlp_bias=False, num_attention_heads=1, num_key_value_heads=1, **common), renames
+                mlp_bias=False, num_attention_heads=1, num_key_value_heads=1,
+                pad_token_id=None, **common), renames  # a pad id would zero that embedding's gradient
 
 
 def _config_from_hf(hf: dict) -> MambaConfig:
