@@ -79,7 +79,7 @@ class TrainConfig:
 def cpu_supports_bf16() -> bool:
     """True when the CPU has native bf16 matmul (AVX512-BF16 or AMX); elsewhere bf16 is emulated
     and slower than fp32."""
-    cpu = torch._C._cpu
+    cpu = torch.cpu
     return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
                 or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
 
