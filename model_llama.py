@@ -7,9 +7,11 @@ Shapes (used in the comments below):
     Dh head dim (D // H)     F  FFN hidden width           V  vocabulary
     L  layers
 
-Weight layout. Query, key and value are one (H + 2K)·Dh x D matrix, and SwiGLU's gate and up are
-one 2F x D matrix, so each block does two wide matmuls instead of five narrow ones (fewer kernel
-launches and better-shaped GEMMs on CPU). Export splits them back into q/k/v_proj and gate/up_proj.
+Weight layout. Query, key and value are one D x (H + 2K)·Dh matrix, and SwiGLU's gate and up are
+one D x 2F matrix, so each block does two wide matmuls instead of five narrow ones (fewer kernel
+launches, better-shaped GEMMs, one weight read per decoding step). Block matrices are stored
+(in, out) so that y = x @ W (see Linear for why). Export transposes them and splits them back into
+q/k/v_proj and gate/up_proj.
 Rotary embeddings use the "rotate half" convention of `transformers` (dimension i is paired with
 i + Dh/2, not with its neighbour as in Meta's original interleaved checkpoints), so our q/k weights
 map 1:1 onto LlamaForCausalLM without the row permutation Meta-to-HF conversion needs.
@@ -64,23 +66,39 @@ class LlamaConfig:
 
 
 def rotary_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and signed sin, each (max_seq_len, Dh), for rotate-half rotary embeddings.
+    """cos and signed sin, each (max_seq_len, 1, Dh), for rotate-half rotary embeddings.
 
-    Computed in fp32 exactly as `transformers` does, so an exported model sees the same angles."""
+    Computed in fp32 exactly as `transformers` does, so an exported model sees the same angles.
+    The middle 1 broadcasts over heads."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
     angles = torch.arange(max_seq_len, dtype=torch.int64).float()[:, None] * inv_freq  # (T, Dh/2)
     cos, sin = angles.cos(), angles.sin()
     # With the sign folded into the table, rotation is x*cos + swap_halves(x)*sin: no negation op.
-    return torch.cat([cos, cos], dim=-1), torch.cat([-sin, sin], dim=-1)
+    return torch.cat([cos, cos], dim=-1)[:, None, :], torch.cat([-sin, sin], dim=-1)[:, None, :]
 
 
 def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, T, n, Dh) rotated by position; cos, sin (T, Dh) from rotary_tables."""
+    """x (B, T, n, Dh) rotated by position; cos, sin (T, 1, Dh) from rotary_tables."""
     x1, x2 = x.chunk(2, dim=-1)
     swapped = torch.cat([x2, x1], dim=-1)
-    # Broadcast over heads, and in x's dtype so that under autocast q and k stay bf16 like v.
-    cos, sin = cos[:, None, :].to(x.dtype), sin[:, None, :].to(x.dtype)
+    if cos.dtype != x.dtype:  # under autocast: keep q and k in bf16, like v
+        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return torch.addcmul(x * cos, swapped, sin)
+
+
+class Linear(nn.Module):
+    """y = x @ weight, no bias, weight stored (in, out), the transpose of nn.Linear's layout.
+
+    Why: decoding multiplies 1..8 rows by every weight matrix, and CPU BLAS (MKL) runs those skinny
+    products 10-25% faster against an (in, out) matrix than against nn.Linear's (out, in); training's
+    large products are equally fast either way. Export transposes to the (out, in) of `transformers`."""
+
+    def __init__(self, d_in: int, d_out: int):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(d_in, d_out))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x @ self.weight
 
 
 class RMSNorm(nn.Module):
@@ -100,20 +118,20 @@ class KVCache:
 
     def __init__(self, n_layer: int, batch: int, n_kv_head: int, max_len: int, head_dim: int):
         self.shape = (n_layer, batch, n_kv_head, max_len, head_dim)
-        self.k: torch.Tensor | None = None
-        self.v: torch.Tensor | None = None
+        self.k: list[torch.Tensor] = []  # per layer, (B, K, T_max, Dh) views of one allocation
+        self.v: list[torch.Tensor] = []
 
     def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor):
         """Store k, v (B, K, T, Dh) at positions start..start+T; return all keys/values so far."""
-        if self.k is None:
-            self.k = torch.empty(self.shape, dtype=k.dtype, device=k.device)
-            self.v = torch.empty(self.shape, dtype=v.dtype, device=v.device)
-        end = start + k.size(2)
+        if not self.k:
+            self.k = list(torch.empty(self.shape, dtype=k.dtype, device=k.device).unbind(0))
+            self.v = list(torch.empty(self.shape, dtype=v.dtype, device=v.device).unbind(0))
+        T, end = k.size(2), start + k.size(2)
         if end > self.shape[3]:
             raise ValueError(f"KV cache holds {self.shape[3]} positions, asked to write up to {end}")
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+        self.k[layer].narrow(2, start, T).copy_(k)
+        self.v[layer].narrow(2, start, T).copy_(v)
+        return self.k[layer].narrow(2, 0, end), self.v[layer].narrow(2, 0, end)
 
 
 class Attention(nn.Module):
@@ -121,18 +139,18 @@ class Attention(nn.Module):
         super().__init__()
         self.n_head, self.n_kv_head = cfg.n_head, cfg.n_kv_head
         self.head_dim = cfg.n_embd // cfg.n_head
-        self.qkv = nn.Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.n_kv_head) * self.head_dim, bias=False)
-        self.out = nn.Linear(cfg.n_head * self.head_dim, cfg.n_embd, bias=False)
+        self.qkv = Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.n_kv_head) * self.head_dim)
+        self.out = Linear(cfg.n_head * self.head_dim, cfg.n_embd)
 
     def forward(self, x, cos, sin, layer: int = 0, kv_cache: KVCache | None = None, start_pos: int = 0):
         B, T, _ = x.shape
         H, K = self.n_head, self.n_kv_head
-        qkv = self.qkv(x).view(B, T, H + 2 * K, self.head_dim)
-        qk = apply_rotary(qkv[:, :, : H + K], cos, sin)  # q and k rotated together, one pass
+        # split, not slicing: its backward concatenates the gradients instead of zero-filling
+        # a full-size buffer per slice
+        qk, v = self.qkv(x).view(B, T, H + 2 * K, self.head_dim).split([H + K, K], dim=2)
+        q, k = apply_rotary(qk, cos, sin).split([H, K], dim=2)  # q and k rotated in one pass
         # (B, T, n, Dh) -> (B, n, T, Dh) views; sdpa takes strided inputs, so no copies here.
-        q = qk[:, :, :H].transpose(1, 2)
-        k = qk[:, :, H:].transpose(1, 2)
-        v = qkv[:, :, H + K:].transpose(1, 2)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
         mask, causal = None, True
         if kv_cache is not None:
             k, v = kv_cache.update(layer, start_pos, k, v)
@@ -150,8 +168,8 @@ class Attention(nn.Module):
 class SwiGLU(nn.Module):
     def __init__(self, cfg: LlamaConfig):
         super().__init__()
-        self.gate_up = nn.Linear(cfg.n_embd, 2 * cfg.ffn_hidden, bias=False)
-        self.down = nn.Linear(cfg.ffn_hidden, cfg.n_embd, bias=False)
+        self.gate_up = Linear(cfg.n_embd, 2 * cfg.ffn_hidden)
+        self.down = Linear(cfg.ffn_hidden, cfg.n_embd)
 
     def forward(self, x):
         gate, up = self.gate_up(x).chunk(2, dim=-1)
@@ -178,6 +196,7 @@ class Llama(nn.Module):
         self.tok_emb = nn.Embedding(cfg.vocab_size, cfg.n_embd)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
+        # nn.Linear's (V, D) layout, the embedding's, so that tying shares one matrix.
         self.lm_head = nn.Linear(cfg.n_embd, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
@@ -291,14 +310,15 @@ class Llama(nn.Module):
             sd["lm_head.weight"] = self.lm_head.weight
         for i, b in enumerate(self.blocks):
             p = f"model.layers.{i}."
-            q, k, v = b.attn.qkv.weight.split([c.n_head * hd, c.n_kv_head * hd, c.n_kv_head * hd])
-            gate, up = b.mlp.gate_up.weight.chunk(2)
+            # our matrices are (in, out), theirs (out, in)
+            q, k, v = b.attn.qkv.weight.t().split([c.n_head * hd, c.n_kv_head * hd, c.n_kv_head * hd])
+            gate, up = b.mlp.gate_up.weight.t().chunk(2)
             sd.update({p + "input_layernorm.weight": b.attn_norm.weight,
                        p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k,
-                       p + "self_attn.v_proj.weight": v, p + "self_attn.o_proj.weight": b.attn.out.weight,
+                       p + "self_attn.v_proj.weight": v, p + "self_attn.o_proj.weight": b.attn.out.weight.t(),
                        p + "post_attention_layernorm.weight": b.mlp_norm.weight,
                        p + "mlp.gate_proj.weight": gate, p + "mlp.up_proj.weight": up,
-                       p + "mlp.down_proj.weight": b.mlp.down.weight})
+                       p + "mlp.down_proj.weight": b.mlp.down.weight.t()})
         # safetensors wants separate, contiguous storage per tensor
         return {k: v.detach().cpu().contiguous().clone() for k, v in sd.items()}
 
@@ -379,16 +399,16 @@ class Llama(nn.Module):
         for i in range(cfg.n_layer):
             p = f"model.layers.{i}."
             take = lambda name: sd.pop(p + name)  # noqa: E731
-            ours.update({
+            ours.update({  # theirs (out, in) -> ours (in, out)
                 f"blocks.{i}.attn_norm.weight": take("input_layernorm.weight"),
                 f"blocks.{i}.attn.qkv.weight": torch.cat([take("self_attn.q_proj.weight"),
                                                           take("self_attn.k_proj.weight"),
-                                                          take("self_attn.v_proj.weight")]),
-                f"blocks.{i}.attn.out.weight": take("self_attn.o_proj.weight"),
+                                                          take("self_attn.v_proj.weight")]).t(),
+                f"blocks.{i}.attn.out.weight": take("self_attn.o_proj.weight").t(),
                 f"blocks.{i}.mlp_norm.weight": take("post_attention_layernorm.weight"),
                 f"blocks.{i}.mlp.gate_up.weight": torch.cat([take("mlp.gate_proj.weight"),
-                                                             take("mlp.up_proj.weight")]),
-                f"blocks.{i}.mlp.down.weight": take("mlp.down_proj.weight"),
+                                                             take("mlp.up_proj.weight")]).t(),
+                f"blocks.{i}.mlp.down.weight": take("mlp.down_proj.weight").t(),
             })
         leftover = [k for k in sd if "rotary_emb" not in k]
         if leftover:

@@ -51,16 +51,18 @@ def hf_twin(model: Llama) -> transformers.LlamaForCausalLM:
         if not c.tie_embeddings:
             hf.lm_head.weight.copy_(model.lm_head.weight)
         for ours, theirs in zip(model.blocks, hf.model.layers):
-            qkv = ours.attn.qkv.weight
+            # our block matrices are stored (in, out); transformers' (out, in)
+            qkv = ours.attn.qkv.weight.t()
             theirs.self_attn.q_proj.weight.copy_(qkv[: c.n_head * hd])
             theirs.self_attn.k_proj.weight.copy_(qkv[c.n_head * hd: (c.n_head + c.n_kv_head) * hd])
             theirs.self_attn.v_proj.weight.copy_(qkv[(c.n_head + c.n_kv_head) * hd:])
-            theirs.self_attn.o_proj.weight.copy_(ours.attn.out.weight)
+            theirs.self_attn.o_proj.weight.copy_(ours.attn.out.weight.t())
             theirs.input_layernorm.weight.copy_(ours.attn_norm.weight)
             theirs.post_attention_layernorm.weight.copy_(ours.mlp_norm.weight)
-            theirs.mlp.gate_proj.weight.copy_(ours.mlp.gate_up.weight[: c.ffn_hidden])
-            theirs.mlp.up_proj.weight.copy_(ours.mlp.gate_up.weight[c.ffn_hidden:])
-            theirs.mlp.down_proj.weight.copy_(ours.mlp.down.weight)
+            gate_up = ours.mlp.gate_up.weight.t()
+            theirs.mlp.gate_proj.weight.copy_(gate_up[: c.ffn_hidden])
+            theirs.mlp.up_proj.weight.copy_(gate_up[c.ffn_hidden:])
+            theirs.mlp.down_proj.weight.copy_(ours.mlp.down.weight.t())
     assert (hf.lm_head.weight is hf.model.embed_tokens.weight) == c.tie_embeddings
     return hf
 
