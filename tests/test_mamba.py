@@ -178,3 +178,47 @@ def test_configs_build_mamba_models():
         assert cfg.model.vocab_size == 2000
     leaner = config_lib.parse_args(train.TrainConfig(), ["configs/leaner_mamba.py"]).model
     assert (leaner.mixer, leaner.n_layer, leaner.n_embd, leaner.mlp_hidden) == ("mamba2", 2, 768, 1536)
+
+
+@pytest.mark.slow
+def test_mamba_trains_resumes_samples_and_exports_through_the_engine(leaner_small, tmp_path):
+    """The same commands as the Llama: train.py (with a kill-free resume), sample.py, export.py."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import REPO, run_script
+    from metrics import read_metrics
+    flags = [f"--data_dir={leaner_small}", "configs/demo_mamba.py", "--model.n_layer=2", "--model.n_embd=64",
+             "--model.d_state=16", "--model.headdim=16", "--model.mlp_hidden=128", "--model.chunk_size=16",
+             "--seq_len=48", "--batch_size=4", "--compile=false", "--dtype=fp32", "--threads=1",
+             "--peak_flops=1e10", "--sample_tokens=0", "--warmup_steps=2", "--eval_every=6", "--eval_steps=2",
+             "--log_every=1", "--ckpt_every=6"]
+    flags = flags[1:2] + flags[:1] + flags[2:]  # the config file first, flags after it
+    run_script("train.py", *flags, f"--out_dir={tmp_path / 'a'}", "--max_steps=12")
+    # the same run, killed after its first checkpoint and resumed: identical losses
+    proc = subprocess.Popen([sys.executable, "train.py", *flags, f"--out_dir={tmp_path / 'b'}", "--max_steps=12"],
+                            cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and not (tmp_path / "b" / "ckpt.pt").exists():
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.wait()
+    run_script("train.py", *flags, f"--out_dir={tmp_path / 'b'}", "--max_steps=12", "--resume")
+    loss = lambda d: {r["step"]: r["loss"] for r in read_metrics(d / "metrics.jsonl") if "loss" in r}  # noqa: E731
+    straight, resumed = loss(tmp_path / "a"), loss(tmp_path / "b")
+    assert sorted(resumed) == list(range(1, 13)) and resumed == straight
+    assert straight[12] < straight[1]
+    out = run_script("sample.py", f"--out_dir={tmp_path / 'a'}", "--prompt=The cat", "--num_samples=1",
+                     "--max_new_tokens=10", "--temperature=0")
+    assert "The cat" in out.stdout
+    run_script("export.py", f"--out_dir={tmp_path / 'a'}", f"--hf_dir={tmp_path / 'hf'}")
+    hf = transformers.BambaForCausalLM.from_pretrained(tmp_path / "hf").eval()
+    from checkpoint import load_model
+    model, _ = load_model(tmp_path / "a")
+    idx = torch.randint(0, 2000, (2, 17))
+    with torch.no_grad():
+        torch.testing.assert_close(model(idx)[0], hf(idx, use_cache=False).logits, atol=1e-4, rtol=1e-4)
