@@ -21,8 +21,12 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-_SIMPLE = ("The man has a big red dog. They go to the park every day. The sun is warm and the "
-           "sky is blue. He likes to play with his friends. They eat good food at home.").split()
+# Sentences of very common words, none repeated for a thousand sentences (7, 11, 13 are coprime).
+_WHO = ("The man", "The girl", "My dog", "A little boy", "Her mother", "The old cat", "Our friend")
+_DOES = ("sees", "likes", "finds", "has", "wants", "makes", "helps", "takes", "gives", "loves", "needs")
+_WHAT = ("a big red ball", "the warm sun", "some good food", "a new book", "the blue sky", "a small house",
+         "the green tree", "a happy song", "the cold water", "a long road", "the white car", "a nice hat",
+         "the funny game")
 _HEADING = re.compile(r"^###[ \t]*([A-Z0-9 _-]+):[ \t]*$", re.M)
 _CODE = re.compile(r"```.*?```", re.S)
 
@@ -36,19 +40,22 @@ def simple_answer(body: str) -> str:
     if not heads:
         return _simple_words(len(body.split()))
     parts = []
-    for m, nxt in zip(heads, heads[1:] + [None]):
+    for k, (m, nxt) in enumerate(zip(heads, heads[1:] + [None])):
         text = body[m.end(): nxt.start() if nxt else len(body)]
         code = "\n\n".join(_CODE.findall(text))
-        words = _simple_words(len(_CODE.sub(" ", text).split())) if text.strip() else ""
+        words = _simple_words(len(_CODE.sub(" ", text).split()), start=100 * k) if text.strip() else ""
         parts.append(f"### {m.group(1)}:\n" + "\n\n".join(p for p in (words, code) if p))
     return "\n\n".join(parts)
 
 
-def _simple_words(n_in: int) -> str:
-    n = max(3, int(n_in * 0.8))
-    words = [_SIMPLE[i % len(_SIMPLE)] for i in range(n)]
-    text = " ".join(words).rstrip(".") + "."
-    return text[0].upper() + text[1:]
+def _simple_words(n_in: int, start: int = 0) -> str:
+    sentences, words, i = [], 0, start
+    while words < max(3, int(n_in * 0.8)):
+        sentence = f"{_WHO[i % 7]} {_DOES[i % 11]} {_WHAT[i % 13]}."
+        sentences.append(sentence)
+        words += len(sentence.split())
+        i += 1
+    return " ".join(sentences)
 
 
 class FaultServer:

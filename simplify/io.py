@@ -10,7 +10,6 @@ renamed into place, so a crash never leaves half a file that a restarted run wou
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import re
@@ -70,13 +69,38 @@ def genre_of_path(path: str | Path) -> str | None:
     return None
 
 
-def _open_text(path: Path):
-    if path.name.endswith(".zst"):
-        import zstandard  # only needed for compressed files
+def _zstd_lines(path: Path) -> Iterator[str]:
+    """Lines of a zstandard file, frame after frame. The release's frames carry no content size
+    or checksum, so a cut-off download would otherwise just end early; here it is an error."""
+    import zstandard  # only needed for compressed files
 
-        raw = zstandard.ZstdDecompressor().stream_reader(open(path, "rb"))
-        return io.TextIOWrapper(raw, encoding="utf-8")
-    return open(path, encoding="utf-8")
+    dctx = zstandard.ZstdDecompressor()
+    frame, fed, pending = dctx.decompressobj(), False, b""
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            while block:
+                pending += frame.decompress(block)
+                fed = True
+                if frame.eof:  # the next frame starts in what this one left over
+                    block, frame, fed = frame.unused_data, dctx.decompressobj(), False
+                else:
+                    block = b""
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                yield line.decode("utf-8") + "\n"
+    if fed and not frame.eof:
+        raise DataError(f"{path}: the zstandard data ends in the middle of a frame (a truncated file); "
+                        f"copy or download it again")
+    if pending:
+        yield pending.decode("utf-8")
+
+
+def _lines(path: Path) -> Iterator[str]:
+    if path.name.endswith(".zst"):
+        yield from _zstd_lines(path)
+    else:
+        with open(path, encoding="utf-8") as f:
+            yield from f
 
 
 def iter_rows(path: str | Path) -> Iterator[tuple[int, object]]:
@@ -84,25 +108,24 @@ def iter_rows(path: str | Path) -> Iterator[tuple[int, object]]:
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file (give a .jsonl, .jsonl.zst, .json or .json.zst file or a folder)")
-    with _open_text(path) as f:
-        if path.name.endswith((".json", ".json.zst")):
-            try:
-                data = json.load(f)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); a .json file must hold "
-                                f"one JSON array of strings or objects") from None
-            if not isinstance(data, list):
-                raise DataError(f"{path}: a .json file must hold one JSON array, found {type(data).__name__}")
-            yield from enumerate(data, start=1)
-            return
-        for number, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                yield number, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise DataError(f"{path}:{number}: not valid JSON ({e.msg}); each line of a JSON-lines "
-                                f"file must be one JSON object") from None
+    if path.name.endswith((".json", ".json.zst")):
+        try:
+            data = json.loads("".join(_lines(path)))
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); a .json file must hold "
+                            f"one JSON array of strings or objects") from None
+        if not isinstance(data, list):
+            raise DataError(f"{path}: a .json file must hold one JSON array, found {type(data).__name__}")
+        yield from enumerate(data, start=1)
+        return
+    for number, line in enumerate(_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            yield number, json.loads(line)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{number}: not valid JSON ({e.msg}); each line of a JSON-lines "
+                            f"file must be one JSON object") from None
 
 
 def _row_id(row: dict, fallback: str) -> str:

@@ -42,7 +42,7 @@ GENRE_INSTRUCTIONS = {
 }
 
 REWRITE = "Rewrite the text above for a small child, with very easy words."
-GRADE = "Grade the problem above."
+GRADE = "Grade the problem above. Answer only with DIFFICULTY: N."
 
 MATH_SYSTEM = """You grade math problems by how hard they are.
 Answer with exactly one line: DIFFICULTY: N
@@ -83,7 +83,10 @@ def build_messages(genre: str, fields: dict[str, str]) -> list[dict]:
     """
     if genre == "math":
         problem = render_sections(genre, {"problem": fields.get("problem", ""), "hints": fields.get("hints", "")})
+        example = render_sections(genre, {"problem": "What is $3 + 4$?", "hints": "$3 + 4 = 7$"})
         return [{"role": "system", "content": MATH_SYSTEM},
+                {"role": "user", "content": f"{example}\n\n{GRADE}"},
+                {"role": "assistant", "content": "DIFFICULTY: 1"},
                 {"role": "user", "content": f"{problem}\n\n{GRADE}"}]
     instruction = GENRE_INSTRUCTIONS.get(genre, GENRE_INSTRUCTIONS["web"])
     if set(fields) == {"text"}:

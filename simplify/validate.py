@@ -4,7 +4,7 @@ A model answer is accepted only when it has the expected shape (the same ### sec
 DIFFICULTY line for math, prose without a refusal), a length in a sane ratio to the input, few
 words outside the 2,000-word core, no links, e-mail addresses or phone numbers left, and for code
 the same number of code blocks with Python blocks that still compile. Every failure has a short
-reason (format, refusal, length_ratio, vocabulary, contact_left, code_broken) that the pipeline
+reason (format, refusal, repetition, length_ratio, vocabulary, contact_left, code_broken) that the pipeline
 retries on and finally writes to the rejects file; nothing is dropped without one.
 """
 
@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from simplify.chunk import split_sentences
 from simplify.clean import WORD, replace_contacts
 from simplify.prompts import GENRE_INSTRUCTIONS, REWRITE, section_name
 from simplify.vocab import CoreVocab
@@ -38,6 +39,7 @@ _PREAMBLE = re.compile(r"^\s*(?:(?:sure|okay|ok)[^\n]{0,40}[.!]\s*)?(?:here(?:'s
 _FENCE_ALL = re.compile(r"^```[\w-]*\n(.*?)\n?```\s*$", re.S)
 _HEADING = re.compile(r"^[ \t]*###[ \t]*([A-Za-z0-9 _-]+?)[ \t]*:[ \t]*", re.M)
 _CODE_BLOCK = re.compile(r"```([\w+#-]*)[^\n]*\n(.*?)```", re.S)
+_INDENTED = re.compile(r"^(?: {4}|\t).*$", re.M)
 _MATH = re.compile(r"difficulty\W*(\d+)", re.I)
 
 
@@ -65,9 +67,32 @@ def parse(genre: str, content: str | None, in_fields: dict[str, str]) -> dict:
 
 
 def _echoes_prompt(content: str) -> bool:
-    """Small models sometimes copy the request into the answer."""
-    lower = content.lower()
-    return REWRITE.lower()[:30] in lower or any(i[:40].lower() in lower for i in GENRE_INSTRUCTIONS.values())
+    """Small models sometimes copy the request into the answer: the closing request, or a whole
+    sentence of a genre instruction. Starting like one ("This is part of an encyclopedia article
+    about trees.") is a harmless opening and passes."""
+    lower = " ".join(content.lower().split())
+    if REWRITE.lower()[:30] in lower:
+        return True
+    return any(s in lower for s in _INSTRUCTION_SENTENCES)
+
+
+_INSTRUCTION_SENTENCES = {s.strip().lower() + "." for text in GENRE_INSTRUCTIONS.values()
+                          for s in text.split(".") if len(s.split()) >= 6}
+
+
+def _repeated_sentence(before: str, after: str) -> str:
+    """A sentence of five or more words that the answer says twice and the input did not: small
+    models fall into loops."""
+    def repeats(text: str) -> set[str]:
+        seen, twice = set(), set()
+        for sentence in split_sentences(text):
+            key = " ".join(sentence.lower().split())
+            if len(WORD.findall(sentence)) >= 5:
+                (twice if key in seen else seen).add(key)
+        return twice
+
+    new = repeats(after) - repeats(before)
+    return min(new) if new else ""
 
 
 def _parse_sections(genre: str, content: str, in_fields: dict[str, str]) -> dict:
@@ -88,7 +113,9 @@ def _parse_sections(genre: str, content: str, in_fields: dict[str, str]) -> dict
 def _prose(genre: str, fields: dict[str, str]) -> str:
     """The natural-language part of the fields: code blocks carry identifiers, not vocabulary."""
     text = "\n".join(fields.values())
-    return _CODE_BLOCK.sub(" ", text) if genre == "code" else text
+    if genre != "code":
+        return text
+    return _INDENTED.sub(" ", _CODE_BLOCK.sub(" ", text))  # fenced or indented code
 
 
 def _python_compiles(code: str) -> bool:
@@ -108,6 +135,9 @@ def check(genre: str, in_fields: dict[str, str], out: dict, vocab: CoreVocab, li
         raise Rejected("contact_left", "a link, e-mail address or phone number is still there")
     if genre == "code":
         _check_code(in_fields.get("response", ""), out.get("response", ""))
+    looped = _repeated_sentence("\n".join(in_fields.values()), text)
+    if looped:
+        raise Rejected("repetition", f"said twice: {looped[:80]!r}")
     n_in, out_prose = len(WORD.findall(_prose(genre, in_fields))), _prose(genre, out)
     n_out = len(WORD.findall(out_prose))
     if n_in >= limits.min_words_for_checks and not limits.min_ratio <= n_out / n_in <= limits.max_ratio:

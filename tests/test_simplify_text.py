@@ -113,3 +113,18 @@ def test_fixture_files_are_small_and_json():
     for path in (CORPUS / "validation").glob("*.jsonl"):
         for line in path.read_text().splitlines():
             json.loads(line)
+
+
+def test_zstandard_frames_and_truncation(tmp_path):
+    import zstandard
+
+    cctx = zstandard.ZstdCompressor()
+    rows = [json.dumps({"text": f"row {i}"}) + "\n" for i in range(4)]
+    multi = tmp_path / "web0000.jsonl.zst"  # two frames back to back, as concatenated files are
+    multi.write_bytes(cctx.compress("".join(rows[:2]).encode()) + cctx.compress("".join(rows[2:]).encode()))
+    assert [r["text"] for _, r in iter_rows(multi)] == ["row 0", "row 1", "row 2", "row 3"]
+    data = (CORPUS / "validation" / "wiki0001.jsonl.zst").read_bytes()
+    cut = tmp_path / "wiki0000.jsonl.zst"
+    cut.write_bytes(data[: len(data) // 2])
+    with pytest.raises(DataError, match="truncated file"):
+        list(iter_rows(cut))

@@ -30,11 +30,15 @@ def test_clearly_bad_answers_are_rejected_with_reasons():
     text = {"text": ORIGINAL}
     assert reason("textbook", text, ORIGINAL) == "vocabulary"  # the hard original handed back
     assert reason("textbook", text, "Rats.") == "length_ratio" or reason("textbook", text, "Rats.") == "format"
-    assert reason("textbook", text, "The rats are in the dark. " * 40) == "length_ratio"
+    assert reason("textbook", text, "The rats are in the dark. " * 40) == "repetition"  # a loop
+    assert reason("textbook", text, " ".join(f"Rat {i} is in the dark." for i in range(60))) == "length_ratio"
     assert reason("textbook", text, "I'm sorry, but I cannot help with that request.") == "refusal"
     assert reason("textbook", text, '{"text": "nope"}') == "format"
     assert reason("textbook", text, "") == "empty"
     assert reason("textbook", text, PLAUSIBLE + "\n\n" + REWRITE) == "format"  # the request echoed
+    assert reason("web", text, "This is text from a web page. " + PLAUSIBLE[30:]) == "format"
+    opening = "This is part of an encyclopedia article about rats. " + PLAUSIBLE[30:]
+    assert validate("wiki", text, opening, core_vocab())  # starting like the instruction is fine
     assert reason("textbook", text, PLAUSIBLE + " See www.rats.com or mail rat@lab.org.") == "contact_left"
 
 
