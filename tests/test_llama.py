@@ -11,6 +11,15 @@ from model_llama import KVCache, Llama, LlamaConfig
 ATOL = 1e-4
 
 
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """These shapes are tiny: a second OpenMP thread only adds stalls on a busy shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_config(**overrides) -> LlamaConfig:
     base = dict(vocab_size=97, n_layer=2, n_embd=48, n_head=4, n_kv_head=4, ffn_hidden=80,
                 max_seq_len=64, rope_theta=10000.0, norm_eps=1e-5)
@@ -231,6 +240,8 @@ def test_training_reduces_loss_and_bf16_autocast_runs():
         out = model.generate(x[:, :4], 3, temperature=0.0)
     assert logits.dtype == torch.bfloat16 and loss.dtype == torch.float32 and torch.isfinite(loss)
     assert out.shape == (2, 7)
+    # generated tokens can feed a training step (generate's inference mode must not leak out)
+    model(out[:, :-1], out[:, 1:])[1].backward()
 
 
 def test_compiles_without_graph_breaks():
