@@ -17,7 +17,7 @@ model = LlamaConfig(vocab_size=2000, n_layer=4, n_embd=256, n_head=8, n_kv_head=
 seq_len = 256
 batch_size = 16
 grad_accum = 1
-max_steps = 600
+max_steps = 400
 lr = 3e-3
 min_lr = 3e-4
 warmup_steps = 30
