@@ -15,8 +15,7 @@ fused multiply-add per time step for the recurrence itself. The recurrence is th
 step by step, so there is no exp(+large) anywhere: any dt, however extreme, gives the reference's
 numbers (a decay that underflows to 0 is exactly what the reference computes too).
 
-Memory: the forward pass keeps only the state at the start of each chunk, (NC, B, N, D) (a layout
-private to this file: selective_scan.py only passes it back to scan_backward), Q times
+Memory: the forward pass keeps only the state at the start of each chunk, (B, NC, D, N), Q times
 less than every state. The backward pass recomputes one chunk's a and states from it and walks back
 through the chunk, so the largest temporaries are a few (Q, B, N, D) buffers, whatever L is.
 
@@ -83,20 +82,23 @@ def _steps(t: torch.Tensor, s: int, e: int) -> torch.Tensor:
 
 def scan_forward(x, dt, A, B, C, chunk: int = 64):
     """x, dt (B, L, D); A (D, N); B, C (B, L, N) -> y (B, L, D) fp32, last state (B, D, N),
-    chunk-start states (NC, B, N, D) for scan_backward (this file's own layout)."""
+    chunk-start states (B, NC, D, N) for scan_backward."""
     x, dt, B, C = (t.float() for t in (x, dt, B, C))
     At = A.float().t().contiguous()
     batch, length, channels = x.shape
     n = At.shape[0]
     n_chunks = math.ceil(length / chunk)
     y = x.new_empty(batch, length, channels)
-    states = x.new_empty(n_chunks, batch, n, channels)
+    # The op's contract (and the compiled graphs that assert it) fixes the states at (B, NC, D, N);
+    # each chunk writes its own slice, a small transpose that stays in cache.
+    states = x.new_empty(batch, n_chunks, channels, n)
     h = x.new_zeros(batch, n, channels)
     ws = _Workspace(min(chunk, length), batch, n, channels, x)
     for k in range(n_chunks):
         s, e = k * chunk, min(length, (k + 1) * chunk)
-        states[k] = h  # a copy: h is a view into the workspace, which the next chunk overwrites
-        _, hs = _chunk_states(ws, states[k], _steps(x, s, e), _steps(dt, s, e), At, _steps(B, s, e))
+        h0 = states[:, k].transpose(1, 2)  # (B, N, D) view
+        h0.copy_(h)  # a copy: h is a view into the workspace, which the next chunk overwrites
+        _, hs = _chunk_states(ws, h0, _steps(x, s, e), _steps(dt, s, e), At, _steps(B, s, e))
         _steps(y, s, e).copy_(_contract_n(hs, _steps(C, s, e)))
         h = hs[-1]
     return y, h.transpose(1, 2).contiguous(), states
@@ -115,10 +117,10 @@ def scan_backward(x, dt, A, B, C, states, gy, g_last, chunk: int = 64):
     gB, gC = torch.empty_like(B), torch.empty_like(C)
     gAt = torch.zeros_like(At)
     ws = _Workspace(min(chunk, length), batch, n, channels, x)
-    for k in reversed(range(states.shape[0])):
+    for k in reversed(range(states.shape[1])):
         s, e = k * chunk, min(length, (k + 1) * chunk)
         xk, dtk, Bk, Ck, gyk = (_steps(t, s, e) for t in (x, dt, B, C, gy))
-        h0 = states[k]
+        h0 = states[:, k].float().transpose(1, 2)  # (B, N, D) view
         a, h = _chunk_states(ws, h0, xk, dtk, At, Bk)
         _, _, G, K = ws.take(e - s)
         _steps(gC, s, e).copy_(_contract_d(h, gyk))

@@ -54,13 +54,9 @@ def _scan_op(x: torch.Tensor, dt: torch.Tensor, A: torch.Tensor, B: torch.Tensor
 def _(x, dt, A, B, C, backend):
     batch, length, channels = x.shape
     n = A.shape[1]
-    module, chunk = _impl(x, A, backend)
-    n_chunks = math.ceil(length / chunk)
-    # The saved chunk-start states are each backend's own business: Triton keeps (B, NC, D, N),
-    # the PyTorch path (NC, B, N, D), the layout its chunk loop works in.
-    shape = (n_chunks, batch, n, channels) if module is scan_chunked else (batch, n_chunks, channels, n)
+    n_chunks = math.ceil(length / _impl(x, A, backend)[1])
     return (x.new_empty(batch, length, channels), x.new_empty(batch, channels, n, dtype=torch.float32),
-            x.new_empty(shape, dtype=torch.float32))
+            x.new_empty(batch, n_chunks, channels, n, dtype=torch.float32))
 
 
 @torch.library.custom_op("tinyhelen::selective_scan_backward", mutates_args=())
@@ -89,7 +85,7 @@ def _backward(ctx, gy, g_last, _g_states):
     x, dt, A, B, C, states = ctx.saved_tensors
     # Autograd hands None for an output nobody used; the op needs tensors.
     gy = torch.zeros_like(x) if gy is None else gy
-    g_last = x.new_zeros(x.shape[0], x.shape[2], A.shape[1], dtype=torch.float32) if g_last is None else g_last
+    g_last = torch.zeros_like(states[:, 0]) if g_last is None else g_last
     grads = _scan_backward_op(x, dt, A, B, C, states, gy, g_last, ctx.backend)
     return (*grads, None)
 

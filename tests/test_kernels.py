@@ -43,7 +43,7 @@ def test_chunked_scan_matches_sequential_reference(chunk):
     y_ref, h_ref, want = reference_grads(inputs, gy, g_last)
     plain = [t.detach() for t in inputs]
     y, h, states = scan_chunked.scan_forward(*plain, chunk=chunk)
-    assert states.shape == (-(-37 // chunk), 2, 3, 7)  # one saved state per chunk, not per step
+    assert states.shape == (2, -(-37 // chunk), 7, 3)  # one saved state per chunk, not per step
     assert_rel_close(y, y_ref, name="y")
     assert_rel_close(h, h_ref, name="last state")
     got = scan_chunked.scan_backward(*plain, states, gy, g_last, chunk=chunk)
