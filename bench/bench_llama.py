@@ -25,6 +25,7 @@ says so. Threads: torch's default (torch.get_num_threads()) for both models, or 
 
 from __future__ import annotations
 
+import os
 import statistics
 import sys
 import tempfile
@@ -186,7 +187,8 @@ def main(cfg: BenchConfig) -> None:
         torch.set_num_threads(cfg.threads)
     ours, theirs = make_models(cfg.seed)
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
-          f"{torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}")
+          f"{torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} (other processes compete for them)")
     print(f"model: paper 14M Llama, {ours.num_params():,} non-embedding / {ours.num_params(False):,} params")
 
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
@@ -215,6 +217,7 @@ def main(cfg: BenchConfig) -> None:
               f"{cfg.gen_rounds}:")
         ours, theirs = make_models(cfg.seed)  # untrained twins again: the same weights, the same tokens
         time_generation(ours.eval(), theirs.eval(), cfg)
+    print(f"load average at the end: {os.getloadavg()[0]:.1f}")
 
 
 if __name__ == "__main__":
