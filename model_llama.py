@@ -62,7 +62,8 @@ class LlamaConfig:
         if self.n_head % self.n_kv_head:
             raise ValueError(f"n_head ({self.n_head}) must be a multiple of n_kv_head ({self.n_kv_head})")
         if (self.n_embd // self.n_head) % 2:
-            raise ValueError(f"head dim n_embd / n_head = {self.n_embd // self.n_head} must be even for rotary")
+            raise ValueError(f"head dim n_embd / n_head = {self.n_embd // self.n_head} must be even "
+                             "for rotary embeddings")
 
 
 def rotary_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -334,7 +335,8 @@ class Llama(nn.Module):
             "num_key_value_heads": c.n_kv_head, "head_dim": c.n_embd // c.n_head,
             "max_position_embeddings": c.max_seq_len, "rms_norm_eps": c.norm_eps,
             # rope_theta for transformers 4.x, rope_parameters for 5.x
-            "rope_theta": c.rope_theta, "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta},
+            "rope_theta": c.rope_theta,
+            "rope_parameters": {"rope_type": "default", "rope_theta": c.rope_theta},
             "tie_word_embeddings": c.tie_embeddings, "initializer_range": c.init_std,
             "hidden_act": "silu", "attention_bias": False, "mlp_bias": False, "attention_dropout": 0.0,
             "bos_token_id": None, "eos_token_id": eos_token_id, "pad_token_id": None,
@@ -391,7 +393,8 @@ class Llama(nn.Module):
             sd.update(load_file(str(folder / name)))
 
         model = cls(cfg)
-        ours = {"tok_emb.weight": sd.pop("model.embed_tokens.weight"), "norm.weight": sd.pop("model.norm.weight")}
+        ours = {"tok_emb.weight": sd.pop("model.embed_tokens.weight"),
+                "norm.weight": sd.pop("model.norm.weight")}
         head = sd.pop("lm_head.weight", None)
         if cfg.tie_embeddings:
             ours["lm_head.weight"] = ours["tok_emb.weight"]  # the same Parameter; a saved copy is ignored

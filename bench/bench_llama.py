@@ -203,7 +203,8 @@ def main(cfg: BenchConfig) -> None:
             print(f"bf16 matmul is emulated on this CPU ({peaks['bf16']:.1f} GFLOP/s): bf16 training "
                   f"measured at {batch} x {seq} instead")
         print(f"training, {precision}, batch {batch} x {seq}, {steps} steps x {cfg.rounds} rounds:")
-        trainers = [Trainer("ours", ours, hf=False, bf16=bf16), Trainer("transformers", theirs, hf=True, bf16=bf16)]
+        trainers = [Trainer("ours", ours, hf=False, bf16=bf16),
+                    Trainer("transformers", theirs, hf=True, bf16=bf16)]
         if cfg.compile and not bf16:
             trainers.insert(1, Trainer("ours compiled", torch.compile(ours), hf=False, bf16=bf16))
         rates = time_training(trainers, cfg, batch, seq, cfg.rounds, steps,

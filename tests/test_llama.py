@@ -211,7 +211,8 @@ def test_num_params_of_the_paper_model():
         num_attention_heads=8, num_key_value_heads=8, tie_word_embeddings=False))
     hf_total = sum(p.numel() for p in hf.parameters())
     hf_embeddings = hf.model.embed_tokens.weight.numel() + hf.lm_head.weight.numel()
-    print(f"\nLlama 14M: {model.num_params():,} non-embedding, {model.num_params(non_embedding=False):,} total")
+    print(f"\nLlama 14M: {model.num_params():,} non-embedding, "
+          f"{model.num_params(non_embedding=False):,} total")
     assert model.num_params() == hf_total - hf_embeddings == 14_456_400
     assert model.num_params(non_embedding=False) == hf_total == 15_800_400
     tied = Llama(LlamaConfig(tie_embeddings=True))
