@@ -40,6 +40,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from sampling import sample_next_token
+from kernels import rms_norm as rms_norm_kernel
 
 
 @dataclass
@@ -109,7 +110,9 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
+        if x.is_cuda:  # the fused Triton kernel (kernels/rmsnorm_triton.py), a custom op torch.compile keeps
+            return rms_norm_kernel(x, self.weight, self.eps)
+        return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)  # PyTorch's own CPU kernel is already fused
 
 
 class KVCache:

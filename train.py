@@ -347,7 +347,10 @@ class Trainer:
         self.model.eval()
         out = self.model.generate(idx, self.cfg.sample_tokens, temperature=0.8, top_k=50,
                                   eot_id=tokenizer.eot_id, generator=generator)
-        self.log("sample:\n" + tokenizer.decode(out[0, 1:].tolist()))
+        new_tokens = out[0, 1:].tolist()
+        if tokenizer.eot_id in new_tokens[len(prompt) - 1:]:  # stop at the end of the first document
+            new_tokens = new_tokens[:new_tokens.index(tokenizer.eot_id, len(prompt) - 1)]
+        self.log("sample:\n" + tokenizer.decode(new_tokens))
 
 
 def main(cfg: TrainConfig) -> None:
