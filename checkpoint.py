@@ -14,12 +14,12 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import torch
+
+from atomic import atomic_file
 
 # Model config class name -> (module, model class). Imported lazily so a Llama run never needs
 # the Mamba module's dependencies.
@@ -69,20 +69,9 @@ def set_rng_state(state: dict) -> None:
 
 
 def atomic_torch_save(obj, path: str | Path) -> None:
-    """Write to a temp file in the same folder, flush to disk, then rename: a crash at any point
-    leaves either the old file or the new one, never half of one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """torch.save through atomic_file: a crash leaves the old checkpoint or the new one, never half."""
+    with atomic_file(path) as f:
+        torch.save(obj, f)
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:

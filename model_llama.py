@@ -31,7 +31,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +38,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from atomic import atomic_write_bytes
 from sampling import sample_next_token
 from kernels import rms_norm as rms_norm_kernel
 
@@ -350,13 +350,11 @@ class Llama(nn.Module):
         """Write config.json + model.safetensors that `LlamaForCausalLM.from_pretrained(folder)`
         loads. Each file is written to a temporary name and then renamed, so a crash never leaves
         a half-written file. eos_token_id (e.g. the tokenizer's end-of-text) lets HF generate stop."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
         folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        with _atomic_path(folder / "model.safetensors") as tmp:
-            save_file(self._hf_state_dict(), tmp, metadata={"format": "pt"})
-        with _atomic_path(folder / "config.json") as tmp:
-            Path(tmp).write_text(json.dumps(self.hf_config(eos_token_id), indent=2) + "\n")
+        atomic_write_bytes(folder / "model.safetensors", save(self._hf_state_dict(), metadata={"format": "pt"}))
+        config_text = json.dumps(self.hf_config(eos_token_id), indent=2) + "\n"
+        atomic_write_bytes(folder / "config.json", config_text.encode())
 
     @classmethod
     def from_hf(cls, folder: str | os.PathLike) -> "Llama":
@@ -425,23 +423,3 @@ class Llama(nn.Module):
         dtype = model.tok_emb.weight.dtype
         model.load_state_dict({k: v.to(dtype) for k, v in ours.items()}, strict=True)
         return model
-
-
-class _atomic_path:
-    """`with _atomic_path(final) as tmp:` write tmp; on success it replaces final, else is removed."""
-
-    def __init__(self, final: Path):
-        self.final = Path(final)
-
-    def __enter__(self) -> str:
-        fd, self.tmp = tempfile.mkstemp(dir=self.final.parent, prefix=self.final.name + ".", suffix=".tmp")
-        os.close(fd)
-        os.chmod(self.tmp, 0o644)  # mkstemp makes it private; the final file should read like any other
-        return self.tmp
-
-    def __exit__(self, exc_type, exc, tb):
-        if exc_type is None:
-            os.replace(self.tmp, self.final)
-        elif os.path.exists(self.tmp):
-            os.remove(self.tmp)
-        return False

@@ -26,9 +26,7 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import kernels
+from atomic import atomic_write_bytes
 from sampling import sample_next_token
 
 
@@ -380,9 +379,8 @@ class Mamba(nn.Module):
         tensors = {_rename(k, renames): v.detach().cpu().contiguous() for k, v in state.items()}
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        _atomic_write(folder / "config.json", lambda f: f.write(json.dumps(hf_config, indent=2).encode()))
-        _atomic_write(folder / "model.safetensors",
-                      lambda f: f.write(save(tensors, metadata={"format": "pt"})))
+        atomic_write_bytes(folder / "config.json", json.dumps(hf_config, indent=2).encode())
+        atomic_write_bytes(folder / "model.safetensors", save(tensors, metadata={"format": "pt"}))
 
     @classmethod
     def from_hf(cls, folder) -> "Mamba":
@@ -482,16 +480,3 @@ def _rename(key: str, renames) -> str:
         if ours == rest:
             return hf.replace("{i}", layer) if layer is not None else hf
     raise KeyError(f"no transformers name for parameter {key}")
-
-
-def _atomic_write(path: Path, write) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -40,7 +40,8 @@ import config  # noqa: E402
 from data.corpus import (CORPORA, DEFAULT_SCALE, GENRES, SPLITS, DataError,  # noqa: E402
                          available_genres, check_genres, iter_documents)
 from data.download import DownloadError, download_release  # noqa: E402
-from data.tokenizer import Tokenizer, atomic_file, atomic_write_bytes, load_tokenizer  # noqa: E402
+from atomic import atomic_file, atomic_write_bytes  # noqa: E402
+from data.tokenizer import Tokenizer, load_tokenizer  # noqa: E402
 
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "tinyhelen"
 BATCH_BYTES = 4 << 20  # text per encode_batch call: enough work for every thread, bounded memory

@@ -20,14 +20,14 @@ encoded as ordinary bytes; only the data pipeline appends the eot id between doc
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import tiktoken
+
+from atomic import atomic_write_bytes
 
 EOT = "<|endoftext|>"
 GPT2K_NAME = "gpt-2K"
@@ -233,33 +233,3 @@ def load_tokenizer(spec: str | os.PathLike) -> Tokenizer:
     if str(spec) == "cl100k_base":
         return Tokenizer.cl100k()
     return Tokenizer.load(spec)
-
-
-@contextlib.contextmanager
-def atomic_file(path: str | os.PathLike):
-    """Open a temp file beside path for binary writing; only if the block succeeds is it fsynced and
-    renamed onto path (os.replace is atomic), so readers see the old file or the whole new one."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file ordinary permissions
-        with os.fdopen(fd, "wb") as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    with atomic_file(path) as f:
-        f.write(data)
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -121,7 +121,7 @@ def chunk_text(text: str, budget: int) -> list[tuple[str, str]]:
         else:
             units.append((sentence, _separator(gap)))
     chunks: list[tuple[str, str]] = []
-    current, used = "", 0
+    current, used, last_sep = "", 0, ""
     for sentence, sep in units:
         cost = count_tokens(sentence) + 1
         if current and used + cost > budget:

@@ -122,7 +122,6 @@ def test_two_process_torchrun_matches_one_process(leaner_small, tmp_path):
     for name, tensor in one["model"].items():
         torch.testing.assert_close(two["model"][name], tensor, atol=2e-6, rtol=1e-5, msg=name)
     # the weights moved: the comparison is not between two untouched initialisations
-    import train
     cfg = tiny_cfg(leaner_small, tmp_path / "x")
     torch.manual_seed(cfg.seed)
     from checkpoint import build_model
