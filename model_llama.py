@@ -12,9 +12,17 @@ one D x 2F matrix, so each block does two wide matmuls instead of five narrow on
 launches, better-shaped GEMMs, one weight read per decoding step). Block matrices are stored
 (in, out) so that y = x @ W (see Linear for why). Export transposes them and splits them back into
 q/k/v_proj and gate/up_proj.
-Rotary embeddings use the "rotate half" convention of `transformers` (dimension i is paired with
-i + Dh/2, not with its neighbour as in Meta's original interleaved checkpoints), so our q/k weights
-map 1:1 onto LlamaForCausalLM without the row permutation Meta-to-HF conversion needs.
+Rotary embeddings pair neighbouring dimensions (2j, 2j+1) of each query/key head, as Meta's
+original checkpoints do, and rotate each pair as one complex multiplication. On CPU that is one
+vectorised op, about 3x faster than the "rotate half" form (pairs j and j + Dh/2) that
+`transformers` uses. The two conventions differ only in the order of the dimensions inside a head,
+which attention scores do not depend on, so export and import permute the q/k rows
+(pair order (Dh/2, 2) <-> (2, Dh/2)) and the logits stay the same.
+
+Precision. Under bf16 autocast the matmuls run in bf16, but on CPU attention runs in fp32: PyTorch's
+CPU flash-attention kernel is faster in fp32 than in bf16 at these head sizes (measured fwd+bwd
+12.4 against 15.4 ms per layer for the 14M model's shapes) and fp32 is the more accurate of the
+two. The rotary product is computed in fp32 on the way (complex64), so that costs no extra cast.
 
 Initialisation: every matrix (embedding, projections, head) ~ N(0, init_std), norms at 1, no
 biases anywhere. The two projections that write into the residual stream (attention out and MLP
@@ -67,25 +75,35 @@ class LlamaConfig:
                              "for rotary embeddings")
 
 
-def rotary_tables(head_dim: int, max_seq_len: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos and signed sin, each (max_seq_len, 1, Dh), for rotate-half rotary embeddings.
+def rotary_table(head_dim: int, max_seq_len: int, theta: float) -> torch.Tensor:
+    """(max_seq_len, 1, Dh/2, 2) float32: cos and sin of position x frequency, for apply_rotary.
 
-    Computed in fp32 exactly as `transformers` does, so an exported model sees the same angles.
-    The middle 1 broadcasts over heads."""
+    The angles are computed in fp32 exactly as `transformers` computes them, so an exported model
+    sees the same rotations. Stored as real pairs rather than complex numbers so that moving the
+    model between devices never touches a complex buffer; the middle 1 broadcasts over heads."""
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
     angles = torch.arange(max_seq_len, dtype=torch.int64).float()[:, None] * inv_freq  # (T, Dh/2)
-    cos, sin = angles.cos(), angles.sin()
-    # With the sign folded into the table, rotation is x*cos + swap_halves(x)*sin: no negation op.
-    return torch.cat([cos, cos], dim=-1)[:, None, :], torch.cat([-sin, sin], dim=-1)[:, None, :]
+    return torch.stack([angles.cos(), angles.sin()], dim=-1)[:, None]
 
 
-def apply_rotary(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, T, n, Dh) rotated by position; cos, sin (T, 1, Dh) from rotary_tables."""
-    x1, x2 = x.chunk(2, dim=-1)
-    swapped = torch.cat([x2, x1], dim=-1)
-    if cos.dtype != x.dtype:  # under autocast: keep q and k in bf16, like v
-        cos, sin = cos.to(x.dtype), sin.to(x.dtype)
-    return torch.addcmul(x * cos, swapped, sin)
+def apply_rotary(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    """x (B, T, n, Dh) rotated by position, returned in fp32; rope (T, 1, Dh/2, 2) from rotary_table.
+
+    Dimensions (2j, 2j+1) are the real and imaginary parts of one complex number, multiplied by
+    e^(i·position·frequency_j)."""
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, T, n, Dh/2) complex64
+    return torch.view_as_real(pairs * torch.view_as_complex(rope.float())).flatten(-2)
+
+
+def pairs_to_halves(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """Reorder the rows of a q or k projection, (n·Dh, in), from our neighbouring-pairs rotary layout
+    (each head's rows ordered (Dh/2, 2)) to the rotate-half layout of `transformers` ((2, Dh/2))."""
+    return w.unflatten(0, (n_heads, -1, 2)).transpose(1, 2).flatten(0, 2)
+
+
+def halves_to_pairs(w: torch.Tensor, n_heads: int) -> torch.Tensor:
+    """The inverse of pairs_to_halves: rotate-half rows (2, Dh/2) per head -> neighbouring pairs."""
+    return w.unflatten(0, (n_heads, 2, -1)).transpose(1, 2).flatten(0, 2)
 
 
 class Linear(nn.Module):
@@ -110,9 +128,13 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.is_cuda:  # the fused Triton kernel (kernels/rmsnorm_triton.py), a custom op torch.compile keeps
+        if x.is_cuda or torch.is_grad_enabled():
+            # kernels/rmsnorm.py: the Triton kernel on CUDA; on CPU PyTorch's fused forward and a
+            # hand-written backward (F.rms_norm's CPU backward is a chain of composite ops, 2x slower)
             return rms_norm_kernel(x, self.weight, self.eps)
-        return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)  # PyTorch's own CPU kernel is already fused
+        # without autograd on CPU the same fused forward, minus the custom op's dispatch (~5 us a
+        # call, which adds up over the 17 norms of a one-token decoding step)
+        return F.rms_norm(x, (x.size(-1),), self.weight, self.eps)
 
 
 class KVCache:
@@ -146,15 +168,17 @@ class Attention(nn.Module):
         self.qkv = Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.n_kv_head) * self.head_dim)
         self.out = Linear(cfg.n_head * self.head_dim, cfg.n_embd)
 
-    def forward(self, x, cos, sin, layer: int = 0, kv_cache: KVCache | None = None, start_pos: int = 0):
+    def forward(self, x, rope, layer: int = 0, kv_cache: KVCache | None = None, start_pos: int = 0):
         B, T, _ = x.shape
         H, K = self.n_head, self.n_kv_head
         # split, not slicing: its backward concatenates the gradients instead of zero-filling
         # a full-size buffer per slice
         qk, v = self.qkv(x).view(B, T, H + 2 * K, self.head_dim).split([H + K, K], dim=2)
-        q, k = apply_rotary(qk, cos, sin).split([H, K], dim=2)  # q and k rotated in one pass
+        # fp32 attention on CPU (see the module docstring); the compute dtype elsewhere
+        attn_dtype = torch.float32 if x.device.type == "cpu" else v.dtype
+        q, k = apply_rotary(qk, rope).to(attn_dtype).split([H, K], dim=2)  # q and k in one pass
         # (B, T, n, Dh) -> (B, n, T, Dh) views; sdpa takes strided inputs, so no copies here.
-        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.to(attn_dtype).transpose(1, 2)
         mask, causal = None, True
         if kv_cache is not None:
             k, v = kv_cache.update(layer, start_pos, k, v)
@@ -164,9 +188,39 @@ class Attention(nn.Module):
                 # sdpa's is_causal aligns the mask top-left; a chunk after a prefix needs bottom-right.
                 causal = False
                 mask = torch.ones(T, start_pos + T, dtype=torch.bool, device=x.device).tril(start_pos)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=K != H)
+        # autocast would cast fp32 q, k, v back to bf16 for sdpa: keep the dtype chosen above
+        with torch.autocast(x.device.type, enabled=False):
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=K != H)
         # sdpa returns (B, H, T, Dh) laid out as (B, T, H, Dh), so this reshape is a view on CPU.
         return self.out(y.transpose(1, 2).reshape(B, T, H * self.head_dim))
+
+
+class SwiGLUProduct(torch.autograd.Function):
+    """silu(gate) * up for gate_up = [gate | up] (..., 2F), with a backward written out.
+
+    Autograd's version saves silu(gate) and both halves, runs two multiplications and silu's
+    backward, then concatenates the two half gradients into a new (..., 2F) tensor. Here both
+    halves are written straight into one buffer: three passes over F-wide tensors instead of five
+    (fwd+bwd about 25% faster in fp32 on CPU)."""
+
+    @staticmethod
+    def forward(ctx, gate_up: torch.Tensor) -> torch.Tensor:
+        gate, up = gate_up.chunk(2, dim=-1)
+        activated = F.silu(gate)
+        ctx.save_for_backward(gate_up, activated)
+        return activated * up
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        gate_up, activated = ctx.saved_tensors
+        gate, up = gate_up.chunk(2, dim=-1)
+        if torch.compiler.is_compiling():  # Dynamo cannot trace out= into views; Inductor fuses this anyway
+            return torch.cat([torch.ops.aten.silu_backward(grad * up, gate), grad * activated], dim=-1)
+        grad_gate_up = torch.empty_like(gate_up)
+        grad_gate, grad_up = grad_gate_up.chunk(2, dim=-1)
+        torch.mul(grad, activated, out=grad_up)
+        torch.ops.aten.silu_backward.grad_input(grad * up, gate, grad_input=grad_gate)
+        return grad_gate_up
 
 
 class SwiGLU(nn.Module):
@@ -176,8 +230,11 @@ class SwiGLU(nn.Module):
         self.down = Linear(cfg.ffn_hidden, cfg.n_embd)
 
     def forward(self, x):
-        gate, up = self.gate_up(x).chunk(2, dim=-1)
-        return self.down(F.silu(gate) * up)
+        gate_up = self.gate_up(x)
+        if torch.is_grad_enabled():
+            return self.down(SwiGLUProduct.apply(gate_up))
+        gate, up = gate_up.chunk(2, dim=-1)  # no autograd: skip the Function's overhead, reuse memory
+        return self.down(F.silu(gate).mul_(up))
 
 
 class Block(nn.Module):
@@ -188,8 +245,8 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
         self.mlp = SwiGLU(cfg)
 
-    def forward(self, x, cos, sin, layer: int = 0, kv_cache: KVCache | None = None, start_pos: int = 0):
-        x = x + self.attn(self.attn_norm(x), cos, sin, layer, kv_cache, start_pos)
+    def forward(self, x, rope, layer: int = 0, kv_cache: KVCache | None = None, start_pos: int = 0):
+        x = x + self.attn(self.attn_norm(x), rope, layer, kv_cache, start_pos)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -205,9 +262,8 @@ class Llama(nn.Module):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.tok_emb.weight
         # Buffers, not parameters, and not saved: they are a pure function of the config.
-        cos, sin = rotary_tables(cfg.n_embd // cfg.n_head, cfg.max_seq_len, cfg.rope_theta)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
+        self.register_buffer("rope_table", rotary_table(cfg.n_embd // cfg.n_head, cfg.max_seq_len,
+                                                          cfg.rope_theta), persistent=False)
         self.reset_parameters()
 
     @torch.no_grad()
@@ -229,11 +285,10 @@ class Llama(nn.Module):
         if start_pos + T > self.config.max_seq_len:
             raise ValueError(f"positions {start_pos}..{start_pos + T - 1} exceed max_seq_len "
                              f"{self.config.max_seq_len}")
-        cos = self.rope_cos[start_pos:start_pos + T]
-        sin = self.rope_sin[start_pos:start_pos + T]
+        rope = self.rope_table[start_pos:start_pos + T]
         x = self.tok_emb(idx)
         for i, block in enumerate(self.blocks):
-            x = block(x, cos, sin, i, kv_cache, start_pos)
+            x = block(x, rope, i, kv_cache, start_pos)
         return self.norm(x)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
@@ -321,7 +376,8 @@ class Llama(nn.Module):
             q, k, v = b.attn.qkv.weight.t().split([c.n_head * hd, c.n_kv_head * hd, c.n_kv_head * hd])
             gate, up = b.mlp.gate_up.weight.t().chunk(2)
             sd.update({p + "input_layernorm.weight": b.attn_norm.weight,
-                       p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k,
+                       p + "self_attn.q_proj.weight": pairs_to_halves(q, c.n_head),
+                       p + "self_attn.k_proj.weight": pairs_to_halves(k, c.n_kv_head),
                        p + "self_attn.v_proj.weight": v, p + "self_attn.o_proj.weight": b.attn.out.weight.t(),
                        p + "post_attention_layernorm.weight": b.mlp_norm.weight,
                        p + "mlp.gate_proj.weight": gate, p + "mlp.up_proj.weight": up,
@@ -408,9 +464,10 @@ class Llama(nn.Module):
             take = lambda name: sd.pop(p + name)  # noqa: E731
             ours.update({  # theirs (out, in) -> ours (in, out)
                 f"blocks.{i}.attn_norm.weight": take("input_layernorm.weight"),
-                f"blocks.{i}.attn.qkv.weight": torch.cat([take("self_attn.q_proj.weight"),
-                                                          take("self_attn.k_proj.weight"),
-                                                          take("self_attn.v_proj.weight")]).t(),
+                f"blocks.{i}.attn.qkv.weight": torch.cat([
+                    halves_to_pairs(take("self_attn.q_proj.weight"), cfg.n_head),
+                    halves_to_pairs(take("self_attn.k_proj.weight"), cfg.n_kv_head),
+                    take("self_attn.v_proj.weight")]).t(),
                 f"blocks.{i}.attn.out.weight": take("self_attn.o_proj.weight").t(),
                 f"blocks.{i}.mlp_norm.weight": take("post_attention_layernorm.weight"),
                 f"blocks.{i}.mlp.gate_up.weight": torch.cat([take("mlp.gate_proj.weight"),

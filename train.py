@@ -12,6 +12,7 @@ resume bit-for-bit (model, optimizer, step, RNG, data position), a metrics JSONL
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import dataclasses
 import math
 import os
@@ -84,6 +85,23 @@ def cpu_supports_bf16() -> bool:
                 or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
 
 
+def keep_freed_memory_mapped() -> None:
+    """Ask glibc to keep freed memory in the process instead of returning it to the kernel.
+
+    By default a freed block of more than a few MB goes back to the kernel, and the next step's
+    tensor of the same size page-faults all its pages in again: measured here, about 0.7 us per
+    4 KiB page, 3 ms to refault one 16 MB tensor, 20-50 ms of a CPU training step that alternates
+    training and validation. Process memory then stays at its high-water mark, which training
+    reaches in its first steps anyway. A no-op where glibc's mallopt is missing (macOS, musl)."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # from glibc's malloc.h
+    libc.mallopt(m_mmap_threshold, 1 << 30)      # blocks up to 1 GiB come from the heap...
+    libc.mallopt(m_trim_threshold, 2**31 - 1)    # ...which is never trimmed (the value is a C int)
+
+
 def pick_device(name: str, local_rank: int) -> torch.device:
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
@@ -123,8 +141,10 @@ def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.devic
         if p.requires_grad:
             (no_decay if p.dim() < 2 or getattr(p, "_no_weight_decay", False) else decay).append(p)
     groups = [{"params": decay, "weight_decay": cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # fused: one kernel per parameter instead of about ten passes (CPU: 9 against 29 ms per step
+    # for the 14M model); same update, same state dict, so checkpoints move between the two.
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
-                             fused=device.type == "cuda")
+                             fused=device.type in ("cuda", "cpu"))
 
 
 def learning_rate(step: int, cfg: TrainConfig) -> float:
@@ -158,6 +178,8 @@ class Trainer:
         self.is_main = self.rank == 0
         self.device = pick_device(cfg.device, local_rank)
         self.dtype = pick_dtype(cfg.dtype, self.device)
+        if self.device.type == "cpu":
+            keep_freed_memory_mapped()
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self.out_dir = Path(cfg.out_dir)

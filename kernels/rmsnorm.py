@@ -23,16 +23,26 @@ def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5)
 
 
 def _torch_forward(x2, weight, eps):
+    if x2.device.type == "cpu" and x2.dtype == weight.dtype == torch.float32:
+        # PyTorch's fused CPU kernel: one pass over x, and it returns the rstd our backward reuses
+        y, rstd = torch.ops.aten._fused_rms_norm(x2, [x2.size(-1)], weight, eps)
+        return y, rstd.view(-1)
     xf = x2.float()
-    rstd = torch.rsqrt(xf.pow(2).mean(-1) + eps)
+    rstd = torch.rsqrt(torch.linalg.vecdot(xf, xf).div_(xf.size(-1)).add_(eps))
     return (xf * rstd[:, None] * weight.float()).to(x2.dtype), rstd
 
 
 def _torch_backward(gy2, x2, weight, rstd):
+    """gx = rstd * (g - x_hat * mean(g * x_hat)) with g = gy * weight; gw = sum over rows of gy * x_hat.
+
+    Written with row dot products (vecdot) and one addcmul, so that every step is a single pass
+    over an (M, D) tensor: about half the time of autograd through the composite formula on CPU."""
     x_hat = x2.float() * rstd[:, None]
-    wg = gy2.float() * weight.float()
-    gx = rstd[:, None] * (wg - x_hat * (wg * x_hat).mean(-1, keepdim=True))
-    return gx.to(x2.dtype), (gy2.float() * x_hat).sum(0)
+    grad_weight = (gy2 * x_hat).sum(0)
+    g = gy2 * weight.float()
+    mean_g_xhat = torch.linalg.vecdot(g, x_hat).div_(x_hat.size(-1))
+    gx = torch.addcmul(g, x_hat, mean_g_xhat[:, None], value=-1).mul_(rstd[:, None])
+    return gx.to(x2.dtype), grad_weight
 
 
 @torch.library.custom_op("tinyhelen::rms_norm", mutates_args=())

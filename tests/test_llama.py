@@ -59,11 +59,19 @@ def hf_twin(model: Llama) -> transformers.LlamaForCausalLM:
         hf.model.norm.weight.copy_(model.norm.weight)
         if not c.tie_embeddings:
             hf.lm_head.weight.copy_(model.lm_head.weight)
+        # Rotary pairs: ours rotates dims (2j, 2j+1) of a head together, transformers (j, j + hd/2).
+        # So their row j of a head is our row 2j, their row hd/2 + j our row 2j + 1.
+        order = [2 * j for j in range(hd // 2)] + [2 * j + 1 for j in range(hd // 2)]
+
+        def rotate_half_rows(rows, n_heads):
+            return torch.cat([rows[h * hd: (h + 1) * hd][order] for h in range(n_heads)])
+
         for ours, theirs in zip(model.blocks, hf.model.layers):
             # our block matrices are stored (in, out); transformers' (out, in)
             qkv = ours.attn.qkv.weight.t()
-            theirs.self_attn.q_proj.weight.copy_(qkv[: c.n_head * hd])
-            theirs.self_attn.k_proj.weight.copy_(qkv[c.n_head * hd: (c.n_head + c.n_kv_head) * hd])
+            theirs.self_attn.q_proj.weight.copy_(rotate_half_rows(qkv[: c.n_head * hd], c.n_head))
+            theirs.self_attn.k_proj.weight.copy_(
+                rotate_half_rows(qkv[c.n_head * hd: (c.n_head + c.n_kv_head) * hd], c.n_kv_head))
             theirs.self_attn.v_proj.weight.copy_(qkv[(c.n_head + c.n_kv_head) * hd:])
             theirs.self_attn.o_proj.weight.copy_(ours.attn.out.weight.t())
             theirs.input_layernorm.weight.copy_(ours.attn_norm.weight)
@@ -103,6 +111,28 @@ def test_logits_and_loss_match_transformers(variant):
     torch.testing.assert_close(logits, ref.logits, atol=ATOL, rtol=0)
     torch.testing.assert_close(logits_only, logits, atol=0, rtol=0)
     torch.testing.assert_close(loss, ref.loss, atol=ATOL, rtol=0)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_gradients_match_transformers(variant):
+    """The backward pass (hand-written for SwiGLU, complex-valued for rotary) against autograd
+    through transformers' model: every parameter's gradient, mapped back through hf_twin's layout."""
+    model = random_llama(tiny_config(**VARIANTS[variant])).train()
+    hf = hf_twin(model).train()
+    torch.manual_seed(2)
+    idx = torch.randint(0, 97, (2, 29))
+    targets = torch.cat([idx[:, 1:], torch.full((2, 1), -1)], dim=1)
+    model(idx, targets)[1].backward()
+    hf(idx, labels=idx).loss.backward()
+    # Gradients are linear in the weights' layout, so hf_twin's mapping applied to our gradients
+    # must reproduce transformers' gradients.
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.grad)
+    grads_as_hf = hf_twin(model)
+    theirs = dict(hf.named_parameters())
+    for name, mapped in grads_as_hf.named_parameters():
+        torch.testing.assert_close(mapped, theirs[name].grad, atol=1e-5, rtol=1e-4, msg=name)
 
 
 @pytest.mark.parametrize("tied", [False, True])
