@@ -91,6 +91,12 @@ def apply_rotary(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
 
     Dimensions (2j, 2j+1) are the real and imaginary parts of one complex number, multiplied by
     e^(i·position·frequency_j)."""
+    if torch.compiler.is_compiling():
+        # Inductor cannot generate code for complex numbers; the same product in real arithmetic
+        # fuses into one kernel with its neighbours.
+        re, im = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+        cos, sin = rope.float().unbind(-1)
+        return torch.stack([re * cos - im * sin, im * cos + re * sin], dim=-1).flatten(-2)
     pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, T, n, Dh/2) complex64
     return torch.view_as_real(pairs * torch.view_as_complex(rope.float())).flatten(-2)
 
@@ -128,6 +134,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling() and not x.is_cuda:
+            # a formula Inductor can fuse with the ops around it (the custom op is opaque to it)
+            xf = x.float()
+            return (xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight).to(x.dtype)
         if x.is_cuda or torch.is_grad_enabled():
             # kernels/rmsnorm.py: the Triton kernel on CUDA; on CPU PyTorch's fused forward and a
             # hand-written backward (F.rms_norm's CPU backward is a chain of composite ops, 2x slower)
