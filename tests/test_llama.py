@@ -209,6 +209,23 @@ def test_cached_step_logits_equal_full_forward():
     torch.testing.assert_close(torch.cat(steps, dim=1), full, atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize("n_kv_head", [4, 2, 1])
+def test_decode_step_equals_full_forward(n_kv_head):
+    """generate's hand-written one-token step (decode_step) against forward() on the whole sequence,
+    in fp32 and under bf16 autocast (where the residual stream must stay fp32, as in forward)."""
+    model = random_llama(tiny_config(n_kv_head=n_kv_head))
+    idx = torch.randint(0, 97, (3, 24))
+    for autocast in (False, True):
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            full, _ = model(idx)
+            cache = KVCache(2, 3, n_kv_head, 24, 12)
+            model(idx[:, :10], kv_cache=cache, start_pos=0)  # prefill
+            steps = [model.decode_step(idx[:, t], cache, t) for t in range(10, 24)]
+        got, want = torch.stack(steps, dim=1).float(), full[:, 10:].float()
+        # under autocast: within one bf16 rounding step of logits ~4 (a bf16 residual stream is 0.04 off)
+        torch.testing.assert_close(got, want, atol=ATOL if not autocast else 0.02, rtol=0)
+
+
 def test_generate_stops_at_eot_and_respects_max_seq_len():
     model = random_llama(tiny_config())
     prompt = torch.randint(0, 97, (2, 5))
