@@ -1,19 +1,24 @@
 """Llama benchmark: our model_llama.Llama against transformers.LlamaForCausalLM, same weights and config.
 
     python bench/bench_llama.py [--batch=8] [--seq=256] [--rounds=5] [--steps=2] [--precisions=fp32,bf16]
+                                [--compile=true]
 
 Measures, in one process, so that every ratio compares figures taken side by side:
   * the machine's matmul peak: GFLOP/s of a large square fp32 and bf16 matmul;
-  * training tokens/s, full step = forward + fp32 loss + backward + AdamW step (foreach, the default,
-    for both), for each precision: fp32, and bf16 = `torch.autocast("cpu", dtype=torch.bfloat16)`
-    around forward and loss with fp32 weights, as the training loop does. Timing rounds alternate
-    between the two models (and which goes first), after --warmup steps each; the ratio is the median
-    over rounds of ours/theirs measured in the same round, so load from other processes that lasts
-    longer than a round cancels out. Each ratio is given twice: by wall-clock time, and by this
-    process's CPU time (time.process_time), which on a shared machine ignores the time our threads
-    spent descheduled (with more than one thread it also counts OpenMP spin-waiting).
-    MFU = tokens/s (wall) x flops_per_token / measured peak;
-  * optionally (--compile) the same for torch.compile(ours), the training loop's default;
+  * training tokens/s, full step = forward + fp32 loss + backward + AdamW step, for each precision:
+    fp32, and bf16 = `torch.autocast("cpu", dtype=torch.bfloat16)` around forward and loss with fp32
+    weights, as the training loop does. Both models get the training loop's optimizer (fused
+    AdamW) and its memory setting (train.keep_freed_memory_mapped, applied once to this process).
+    Timing rounds alternate between the models (and which goes first). In a round each model first
+    takes --settle untimed steps, so that it is timed in its own steady state rather than paying
+    for page faults of memory the other model's step just released; then --steps timed steps. The
+    ratio is the median over rounds of ours/theirs measured in the same round, so load from other
+    processes that lasts longer than a round cancels out. Each ratio is given twice: by wall-clock
+    time, and by this process's CPU time (time.process_time), which on a shared machine ignores the
+    time our threads spent descheduled (with more than one thread it also counts OpenMP
+    spin-waiting). MFU = tokens/s (wall) x flops_per_token / measured peak;
+  * with --compile, the same for torch.compile of *both* models (train.py compiles by default):
+    ours compiled against transformers compiled, and against transformers eager;
   * generation tokens/s, greedy, prompt --gen_prompt, --gen_new new tokens, batch 1 and 8: our
     KV-cached generate() against transformers' generate(do_sample=False) (which also uses a KV
     cache), after checking that both produce the same tokens.
@@ -42,6 +47,7 @@ import transformers  # noqa: E402
 
 import config  # noqa: E402
 from model_llama import Llama, LlamaConfig  # noqa: E402
+from train import cpu_supports_bf16, keep_freed_memory_mapped  # noqa: E402
 
 
 @dataclass
@@ -50,12 +56,13 @@ class BenchConfig:
     seq: int = 256
     warmup: int = 1            # untimed steps per model before the rounds
     rounds: int = 5            # timing rounds, alternating the models
-    steps: int = 2             # optimizer steps per model per round
+    settle: int = 1            # untimed steps per model at the start of each round
+    steps: int = 2             # timed optimizer steps per model per round
     precisions: str = "fp32,bf16"
     bf16_batch: int = 1        # shape and steps per round for bf16 training when bf16 is emulated
     bf16_seq: int = 32
     bf16_steps: int = 1
-    compile: bool = False      # also time torch.compile(ours)
+    compile: bool = False      # also time torch.compile of both models
     generation: bool = True
     gen_prompt: int = 32
     gen_new: int = 256
@@ -109,7 +116,7 @@ class Trainer:
 
     def __init__(self, name: str, model, hf: bool, bf16: bool):
         self.name, self.model, self.hf, self.bf16 = name, model.train(), hf, bf16
-        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=False)
+        self.opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1, fused=True)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> float:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
@@ -138,22 +145,31 @@ def time_training(trainers: list[Trainer], cfg: BenchConfig, batch: int, seq: in
     for r in range(rounds):
         order = trainers if r % 2 == 0 else trainers[::-1]
         for t in order:
+            for _ in range(cfg.settle):
+                t.step(x, y)
             wall, cpu = _timed_both(lambda: [t.step(x, y) for _ in range(steps)])
             rates[t.name].append((steps * batch * seq / wall, steps * batch * seq / cpu))
     return rates
 
 
+TARGETS = {"fp32": 1.15, "bf16": 1.5}  # the engine issue's targets, ours / transformers at equal precision
+
+
 def report_training(rates, flops: float, peak: float | None, label: str) -> None:
-    base = rates["transformers"]
+    def ratio(a: str, b: str, which: int) -> float:
+        return statistics.median(x[which] / y[which] for x, y in zip(rates[a], rates[b]))
+
     for name, r in rates.items():
         wall = [w for w, _ in r]
         med = statistics.median(wall)
-        ratio = statistics.median(a[0] / b[0] for a, b in zip(r, base))
-        cpu_ratio = statistics.median(a[1] / b[1] for a, b in zip(r, base))
-        print(f"  {label:5s} {name:14s} {med:8.1f} tok/s (rounds: {', '.join(f'{v:.0f}' for v in wall)})"
-              f"  MFU {f'{100 * med * flops / peak / 1e9:.1f}%' if peak else 'n/a'}"
-              f"  vs transformers: x{ratio:.2f} wall, "
-              f"x{cpu_ratio:.2f} CPU time")
+        print(f"  {label:5s} {name:24s} {med:8.1f} tok/s (rounds: {', '.join(f'{v:.0f}' for v in wall)})"
+              f"  MFU {f'{100 * med * flops / peak / 1e9:.1f}%' if peak else 'n/a'}")
+    pairs = [("ours", "transformers")]
+    if "ours compiled" in rates:
+        pairs += [("ours compiled", "transformers compiled"), ("ours compiled", "transformers")]
+    for a, b in pairs:
+        print(f"  {label:5s} {a} vs {b}: x{ratio(a, b, 0):.3f} wall, x{ratio(a, b, 1):.3f} CPU time"
+              f"  (target x{TARGETS[label]})")
 
 
 def time_generation(ours: Llama, theirs, cfg: BenchConfig) -> None:
@@ -185,6 +201,7 @@ def time_generation(ours: Llama, theirs, cfg: BenchConfig) -> None:
 def main(cfg: BenchConfig) -> None:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    keep_freed_memory_mapped()  # as train.py does; one process, so both models get it
     ours, theirs = make_models(cfg.seed)
     print(f"torch {torch.__version__}, transformers {transformers.__version__}, "
           f"{torch.get_num_threads()} threads, CPU capability {torch.backends.cpu.get_cpu_capability()}, "
@@ -192,8 +209,9 @@ def main(cfg: BenchConfig) -> None:
     print(f"model: paper 14M Llama, {ours.num_params():,} non-embedding / {ours.num_params(False):,} params")
 
     peaks = {"fp32": matmul_peak(torch.float32), "bf16": matmul_peak(torch.bfloat16)}
-    print(f"matmul peak: fp32 {peaks['fp32']:.1f} GFLOP/s, bf16 {peaks['bf16']:.1f} GFLOP/s")
-    bf16_emulated = peaks["bf16"] < 0.5 * peaks["fp32"]
+    bf16_emulated = not cpu_supports_bf16()
+    print(f"matmul peak: fp32 {peaks['fp32']:.1f} GFLOP/s, bf16 {peaks['bf16']:.1f} GFLOP/s "
+          f"({'emulated' if bf16_emulated else 'native: AVX512-BF16 or AMX'})")
 
     for precision in cfg.precisions.split(","):
         bf16 = precision == "bf16"
@@ -205,8 +223,9 @@ def main(cfg: BenchConfig) -> None:
         print(f"training, {precision}, batch {batch} x {seq}, {steps} steps x {cfg.rounds} rounds:")
         trainers = [Trainer("ours", ours, hf=False, bf16=bf16),
                     Trainer("transformers", theirs, hf=True, bf16=bf16)]
-        if cfg.compile and not bf16:
-            trainers.insert(1, Trainer("ours compiled", torch.compile(ours), hf=False, bf16=bf16))
+        if cfg.compile:
+            trainers += [Trainer("ours compiled", torch.compile(ours), hf=False, bf16=bf16),
+                         Trainer("transformers compiled", torch.compile(theirs), hf=True, bf16=bf16)]
         rates = time_training(trainers, cfg, batch, seq, cfg.rounds, steps,
                               cfg.warmup + (1 if cfg.compile else 0))
         # Emulated bf16 has no meaningful peak: its small products run faster than the big square one.
