@@ -40,3 +40,20 @@ def run_script(*args: str, env: dict | None = None, check: bool = True, timeout:
     if check and result.returncode != 0:
         raise AssertionError(f"{' '.join(args)} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}")
     return result
+
+
+def assert_compiled_matches_eager(model, idx, targets, grad_atol: float, loss_tol: float | None = None) -> None:
+    """One training step of torch.compile(model, fullgraph=True) (a graph break would raise) against
+    eager: same loss, same gradient for every parameter."""
+    import torch
+    torch._dynamo.reset()
+    _, loss = torch.compile(model, fullgraph=True)(idx, targets)
+    loss.backward()
+    compiled = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+    _, eager_loss = model(idx, targets)
+    eager_loss.backward()
+    tol = {} if loss_tol is None else {"atol": loss_tol, "rtol": loss_tol}
+    torch.testing.assert_close(loss, eager_loss, **tol)
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(compiled[name], p.grad, atol=grad_atol, rtol=1e-4, msg=name)

@@ -6,6 +6,7 @@ import pytest
 import torch
 import transformers
 
+from conftest import assert_compiled_matches_eager
 from model_llama import KVCache, Llama, LlamaConfig
 
 ATOL = 1e-4
@@ -304,17 +305,8 @@ def test_compiles_without_graph_breaks():
 def test_compiled_model_gives_the_eager_loss_and_gradients(n_kv_head):
     """Under torch.compile RMSNorm and rotary take other code paths (formulas Inductor can fuse,
     real instead of complex arithmetic): the compiled step must match eager."""
-    torch._dynamo.reset()
     model = random_llama(tiny_config(n_kv_head=n_kv_head)).train()
     torch.manual_seed(3)
     idx = torch.randint(0, 97, (2, 21))
     targets = torch.cat([idx[:, 1:], torch.full((2, 1), -1)], dim=1)
-    _, loss = torch.compile(model, fullgraph=True)(idx, targets)
-    loss.backward()
-    compiled = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    _, eager_loss = model(idx, targets)
-    eager_loss.backward()
-    torch.testing.assert_close(loss, eager_loss, atol=1e-5, rtol=1e-5)
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(compiled[name], p.grad, atol=1e-5, rtol=1e-4, msg=name)
+    assert_compiled_matches_eager(model, idx, targets, grad_atol=1e-5, loss_tol=1e-5)

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from conftest import assert_compiled_matches_eager
 from model_mamba import Mamba, MambaConfig
 
 transformers = pytest.importorskip("transformers")
@@ -229,15 +230,6 @@ def test_mamba_trains_resumes_samples_and_exports_through_the_engine(leaner_smal
 def test_torch_compile_gives_the_eager_loss_and_gradients(kind):
     """train.py compiles by default: the custom ops keep the graph whole (fullgraph would raise on a
     break) and the compiled step matches eager. Minutes on 2 CPU cores, hence slow."""
-    torch._dynamo.reset()
     model = tiny(kind)
     idx, targets = torch.randint(0, 61, (2, 20)), torch.randint(0, 61, (2, 20))
-    _, loss = torch.compile(model, fullgraph=True)(idx, targets)
-    loss.backward()
-    compiled = {n: p.grad.clone() for n, p in model.named_parameters()}
-    model.zero_grad()
-    _, eager_loss = model(idx, targets)
-    eager_loss.backward()
-    torch.testing.assert_close(loss, eager_loss)
-    for name, p in model.named_parameters():
-        torch.testing.assert_close(compiled[name], p.grad, atol=1e-6, rtol=1e-4, msg=name)
+    assert_compiled_matches_eager(model, idx, targets, grad_atol=1e-6)
