@@ -128,7 +128,7 @@ def test_ssd_matches_step_by_step_recurrence():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_rms_norm_op_matches_reference(dtype):
-    """fp32 takes PyTorch's fused CPU forward, bf16 the generic path; both the hand-written backward."""
+    """The PyTorch path (forward and hand-written backward) in fp32 and with bf16 inputs."""
     x = torch.randn(4, 9, 33).to(dtype).requires_grad_()
     w = (torch.rand(33) + 0.5).requires_grad_()
     gy = torch.randn_like(x)
