@@ -153,20 +153,23 @@ class RMSNorm(nn.Module):
 
 
 class KVCache:
-    """Pre-allocated keys and values for every layer, (L, B, K, T_max, Dh) each.
-
-    Allocated on the first write, in the dtype of the keys written (bf16 under autocast)."""
+    """Pre-allocated keys and values for every layer: one (L, B, 2K, T_max, Dh) tensor, keys in the
+    first K heads and values in the last K, so that a decoding step stores a position's keys and
+    values with one copy (decode_step). Allocated on the first write, in the dtype of the keys."""
 
     def __init__(self, n_layer: int, batch: int, n_kv_head: int, max_len: int, head_dim: int):
-        self.shape = (n_layer, batch, n_kv_head, max_len, head_dim)
-        self.k: list[torch.Tensor] = []  # per layer, (B, K, T_max, Dh) views of one allocation
-        self.v: list[torch.Tensor] = []
+        self.shape = (n_layer, batch, 2 * n_kv_head, max_len, head_dim)
+        self.n_kv_head = n_kv_head
+        self.kv: list[torch.Tensor] = []  # per layer, (B, 2K, T_max, Dh) views of one allocation
+        self.k: list[torch.Tensor] = []   # per layer, (B, K, T_max, Dh) views: its keys...
+        self.v: list[torch.Tensor] = []   # ...and values
 
     def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor):
         """Store k, v (B, K, T, Dh) at positions start..start+T; return all keys/values so far."""
-        if not self.k:
-            self.k = list(torch.empty(self.shape, dtype=k.dtype, device=k.device).unbind(0))
-            self.v = list(torch.empty(self.shape, dtype=v.dtype, device=v.device).unbind(0))
+        if not self.kv:
+            K = self.n_kv_head
+            self.kv = list(torch.empty(self.shape, dtype=k.dtype, device=k.device).unbind(0))
+            self.k, self.v = [kv[:, :K] for kv in self.kv], [kv[:, K:] for kv in self.kv]
         T, end = k.size(2), start + k.size(2)
         if end > self.shape[3]:
             raise ValueError(f"KV cache holds {self.shape[3]} positions, asked to write up to {end}")
@@ -393,13 +396,14 @@ class Llama(nn.Module):
         D, eps = c.n_embd, c.norm_eps
         for i, block in enumerate(self.blocks):
             qkv = (F.rms_norm(x, (D,), block.attn_norm.weight, eps) @ block.attn.qkv.weight).view(B, H + 2 * K, Dh)
-            pairs = torch.view_as_complex(qkv[:, :H + K].float().unflatten(-1, (-1, 2)))
-            qk = torch.view_as_real(pairs * rope).flatten(-2)  # (B, H + K, Dh), rotated, fp32
+            qkv = qkv.float()  # rotary in fp32 (a no-op unless under autocast)
+            # Rotate q and k in place: the rotated keys then sit next to the values, and one copy
+            # stores both in the cache's (B, 2K, T_max, Dh) layer.
+            torch.view_as_complex(qkv[:, :H + K].unflatten(-1, (-1, 2))).mul_(rope)
+            cache.kv[i][:, :, pos].copy_(qkv[:, H:])
             keys, values = cache.k[i], cache.v[i]  # (B, K, T_max, Dh)
-            keys[:, :, pos].copy_(qk[:, H:])
-            values[:, :, pos].copy_(qkv[:, H + K:])
             with torch.autocast(x.device.type, enabled=False):  # attention in the cache's dtype
-                y = F.scaled_dot_product_attention(qk[:, :H, None].to(keys.dtype), keys[:, :, :pos + 1],
+                y = F.scaled_dot_product_attention(qkv[:, :H, None].to(keys.dtype), keys[:, :, :pos + 1],
                                                    values[:, :, :pos + 1], enable_gqa=K != H)
             x = residual_matmul(x, y.view(B, H * Dh), block.attn.out.weight, fuse_residual)
             gate, up = (F.rms_norm(x, (D,), block.mlp_norm.weight, eps) @ block.mlp.gate_up.weight).chunk(2, -1)
