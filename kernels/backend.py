@@ -10,6 +10,7 @@ triton is missing or cannot run, and TRITON_INTERPRET=1 keeps working when set b
 
 from __future__ import annotations
 
+import functools
 import importlib.util
 import os
 
@@ -18,7 +19,9 @@ import torch
 BACKENDS = ("auto", "triton", "torch")
 
 
+@functools.cache
 def triton_installed() -> bool:
+    # cached: find_spec searches sys.path (about 25 us), and kernels ask on every call
     return importlib.util.find_spec("triton") is not None
 
 
@@ -33,7 +36,7 @@ def use_triton(t: torch.Tensor, backend: str) -> bool:
         raise ValueError(f"kernel backend must be one of {', '.join(BACKENDS)}, got {backend!r}")
     if backend == "torch":
         return False
-    can_run = triton_installed() and (t.device.type == "cuda" or interpreting())
+    can_run = (t.device.type == "cuda" or interpreting()) and triton_installed()
     if backend == "triton" and not can_run:
         raise RuntimeError(
             "backend 'triton' needs the triton package and a CUDA tensor (or TRITON_INTERPRET=1 set "
