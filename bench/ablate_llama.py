@@ -46,7 +46,8 @@ STAND_INS = {
     "rotary": (model_llama, "apply_rotary", lambda x, rope: x.float()),
     "attention (sdpa)": (F, "scaled_dot_product_attention", lambda q, k, v, **kw: v * 1.0),
     "SwiGLU product": (model_llama.SwiGLUProduct, "apply", lambda gate_up: gate_up.chunk(2, -1)[1] * 1.0),
-    "cross-entropy": (F, "cross_entropy", lambda logits, targets, **kw: logits.float().mean()),
+    # reads one column: the head's backward still gets a full-size gradient, as with any loss
+    "cross-entropy": (F, "cross_entropy", lambda logits, targets, **kw: logits[:, 0].float().mean()),
 }
 
 
