@@ -48,6 +48,8 @@ import torch.nn.functional as F
 
 from atomic import atomic_write_bytes
 from sampling import sample_next_token
+from kernels import attention_cpu, fused_cpu
+from kernels.cross_entropy import cross_entropy
 from kernels import rms_norm as rms_norm_kernel
 
 
@@ -139,9 +141,10 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # kernels/rmsnorm.py: the Triton kernel on CUDA; on CPU a hand-written backward that reuses
-        # the forward's rstd (autograd through F.rms_norm takes about twice as long)
-        return rms_norm_kernel(x, self.weight, self.eps)
+        # kernels/rmsnorm.py: Triton on CUDA, the fused C kernels on CPU. Every norm feeds a matmul,
+        # so under CPU autocast it returns the matmul's dtype: one rounding here instead of a cast.
+        out_dtype = torch.get_autocast_dtype("cpu") if x.is_cpu and torch.is_autocast_enabled("cpu") else None
+        return rms_norm_kernel(x, self.weight, self.eps, out_dtype=out_dtype)
 
 
 class KVCache:
@@ -181,6 +184,16 @@ class Attention(nn.Module):
     def forward(self, x, rope, layer: int = 0, kv_cache: KVCache | None = None, start_pos: int = 0):
         B, T, _ = x.shape
         H, K = self.n_head, self.n_kv_head
+        if kv_cache is None and attention_cpu.usable(x, T):
+            if x.dtype == torch.bfloat16:
+                # bf16 CPU training: rotary, attention and their backwards from batched bf16
+                # matmuls and fused kernels (kernels/attention_cpu.py), half the time of sdpa's
+                return self.out(attention_cpu.causal_attention(self.qkv(x), rope[:, 0], H, K))
+            # fp32: PyTorch's flash kernel is as fast as batched fp32 matmuls here; rotary and the
+            # head-major layout are one fused pass each way
+            q, k, v = attention_cpu.rotary_to_heads(self.qkv(x), rope[:, 0], H, K)
+            y = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=K != H)
+            return self.out(y.transpose(1, 2).reshape(B, T, H * self.head_dim))
         # split, not slicing: its backward concatenates the gradients instead of zero-filling
         # a full-size buffer per slice
         qk, v = self.qkv(x).view(B, T, H + 2 * K, self.head_dim).split([H + K, K], dim=2)
@@ -208,13 +221,18 @@ class Attention(nn.Module):
 class SwiGLUProduct(torch.autograd.Function):
     """silu(gate) * up for gate_up = [gate | up] (..., 2F), with a backward written out.
 
-    Autograd's version saves silu(gate) and both halves, runs two multiplications and silu's
-    backward, then concatenates the two half gradients into a new (..., 2F) tensor. Here both
-    halves are written straight into one buffer: three passes over F-wide tensors instead of five
-    (fwd+bwd about 25% faster in fp32 on CPU)."""
+    On CPU both directions are single fused passes (kernels/fused_cpu.c; the backward recomputes
+    the sigmoid rather than saving it). Elsewhere, PyTorch ops: autograd's own version would save
+    silu(gate) and both halves, run two multiplications and silu's backward, then concatenate the
+    two half gradients into a new (..., 2F) tensor; here both halves are written straight into one
+    buffer, three passes over F-wide tensors instead of five."""
 
     @staticmethod
     def forward(ctx, gate_up: torch.Tensor) -> torch.Tensor:
+        ctx.fused = gate_up.is_cpu and fused_cpu.dtype_ok(gate_up.dtype) and fused_cpu.available()
+        if ctx.fused:
+            ctx.save_for_backward(gate_up)
+            return fused_cpu.swiglu_forward(gate_up.contiguous())
         gate, up = gate_up.chunk(2, dim=-1)
         activated = F.silu(gate)
         ctx.save_for_backward(gate_up, activated)
@@ -222,10 +240,10 @@ class SwiGLUProduct(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        if ctx.fused:
+            return fused_cpu.swiglu_backward(grad, ctx.saved_tensors[0].contiguous())
         gate_up, activated = ctx.saved_tensors
         gate, up = gate_up.chunk(2, dim=-1)
-        if torch.compiler.is_compiling():  # Dynamo cannot trace out= into views; Inductor fuses this anyway
-            return torch.cat([torch.ops.aten.silu_backward(grad * up, gate), grad * activated], dim=-1)
         grad_gate_up = torch.empty_like(gate_up)
         grad_gate, grad_up = grad_gate_up.chunk(2, dim=-1)
         torch.mul(grad, activated, out=grad_up)
@@ -235,10 +253,14 @@ class SwiGLUProduct(torch.autograd.Function):
 
 def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up for gate_up = [gate | up] (..., 2F) -> (..., F)."""
-    if torch.is_grad_enabled():
+    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
         return SwiGLUProduct.apply(gate_up)
-    gate, up = gate_up.chunk(2, dim=-1)  # no autograd: skip the Function's overhead, reuse memory
-    return F.silu(gate).mul_(up)
+    # no autograd (or compiling): skip the Function's overhead
+    if not torch.compiler.is_compiling() and gate_up.is_cpu and fused_cpu.dtype_ok(gate_up.dtype) \
+            and fused_cpu.available():
+        return fused_cpu.swiglu_forward(gate_up.contiguous())
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up  # Inductor fuses this with its neighbours
 
 
 class SwiGLU(nn.Module):
@@ -313,7 +335,7 @@ class Llama(nn.Module):
         logits = self.lm_head(self.hidden_states(idx, kv_cache, start_pos))
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().flatten(0, 1), targets.reshape(-1), ignore_index=-1)
+            loss = cross_entropy(logits.flatten(0, 1), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
     # ---------------------------------------------------------------- accounting
@@ -385,28 +407,48 @@ class Llama(nn.Module):
         (generate runs it under inference_mode); tests/test_llama.py checks it against forward()."""
         c = self.config
         B, H, K, Dh = tokens.size(0), c.n_head, c.n_kv_head, c.n_embd // c.n_head
-        rope = torch.view_as_complex(self.rope_table[pos].float())  # (1, Dh/2)
         x = F.embedding(tokens, self.tok_emb.weight)  # (B, D), fp32 like forward()'s residual stream
         # fp32 residual adds fused into the matmuls; under autocast addmm would round x to bf16
         fuse_residual = not torch.is_autocast_enabled(x.device.type)
-        # PyTorch's rms_norm directly, not kernels.rms_norm: the same op without autograd, minus
-        # 2.5 us of dispatch per call
+        # On CPU with fp32 weights, norms, rotary + attention and SwiGLU are one C call each
+        # (kernels/fused_cpu.c); otherwise PyTorch ops (rms_norm directly, not kernels.rms_norm: the
+        # same op without autograd, minus 2.5 us of dispatch per call).
+        fused = (x.is_cpu and x.dtype == torch.float32 and cache.kv[0].dtype == torch.float32
+                 and fused_cpu.available())
         D, eps = c.n_embd, c.norm_eps
+        if fused:
+            def norm(x, weight):
+                return fused_cpu.rms_norm_inference(x, weight, eps)
+        else:
+            def norm(x, weight):
+                return F.rms_norm(x, (D,), weight, eps)
+        rope = self.rope_table[pos, 0]  # (Dh/2, 2)
         for i, block in enumerate(self.blocks):
-            qkv = (F.rms_norm(x, (D,), block.attn_norm.weight, eps) @ block.attn.qkv.weight).view(B, H + 2 * K, Dh)
-            qkv = qkv.float()  # rotary in fp32 (a no-op unless under autocast)
-            # Rotate q and k in place: the rotated keys then sit next to the values, and one copy
-            # stores both in the cache's (B, 2K, T_max, Dh) layer.
-            torch.view_as_complex(qkv[:, :H + K].unflatten(-1, (-1, 2))).mul_(rope)
-            cache.kv[i][:, :, pos].copy_(qkv[:, H:])
-            keys, values = cache.k[i], cache.v[i]  # (B, K, T_max, Dh)
-            with torch.autocast(x.device.type, enabled=False):  # attention in the cache's dtype
-                y = F.scaled_dot_product_attention(qkv[:, :H, None].to(keys.dtype), keys[:, :, :pos + 1],
-                                                   values[:, :, :pos + 1], enable_gqa=K != H)
-            x = residual_matmul(x, y.view(B, H * Dh), block.attn.out.weight, fuse_residual)
-            gate_up = F.rms_norm(x, (D,), block.mlp_norm.weight, eps) @ block.mlp.gate_up.weight
+            qkv = (norm(x, block.attn_norm.weight) @ block.attn.qkv.weight).view(B, H + 2 * K, Dh)
+            if fused:
+                y = fused_cpu.decode_attention(qkv.float(), cache.kv[i], rope, pos, K)
+            else:
+                y = self._decode_attention(qkv.float(), cache, i, pos, rope)
+            x = residual_matmul(x, y, block.attn.out.weight, fuse_residual)
+            gate_up = norm(x, block.mlp_norm.weight) @ block.mlp.gate_up.weight
             x = residual_matmul(x, swiglu(gate_up), block.mlp.down.weight, fuse_residual)
-        return self.lm_head(F.rms_norm(x, (D,), self.norm.weight, eps))
+        return self.lm_head(norm(x, self.norm.weight))
+
+    def _decode_attention(self, qkv: torch.Tensor, cache: KVCache, layer: int, pos: int,
+                          rope: torch.Tensor) -> torch.Tensor:
+        """decode_step's attention in PyTorch ops: qkv (B, H + 2K, Dh) fp32 -> (B, H·Dh)."""
+        B, n, Dh = qkv.shape
+        K = self.config.n_kv_head
+        H = n - 2 * K
+        # Rotate q and k in place: the rotated keys then sit next to the values, and one copy
+        # stores both in the cache's (B, 2K, T_max, Dh) layer.
+        torch.view_as_complex(qkv[:, :H + K].unflatten(-1, (-1, 2))).mul_(torch.view_as_complex(rope))
+        cache.kv[layer][:, :, pos].copy_(qkv[:, H:])
+        keys, values = cache.k[layer], cache.v[layer]  # (B, K, T_max, Dh)
+        with torch.autocast(qkv.device.type, enabled=False):  # attention in the cache's dtype
+            y = F.scaled_dot_product_attention(qkv[:, :H, None].to(keys.dtype), keys[:, :, :pos + 1],
+                                               values[:, :, :pos + 1], enable_gqa=K != H)
+        return y.view(B, H * Dh)
 
     # ---------------------------------------------------------------- transformers interop
     def _hf_state_dict(self) -> dict[str, torch.Tensor]:

@@ -35,6 +35,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import kernels
+from kernels.cross_entropy import cross_entropy
 from atomic import atomic_write_bytes
 from sampling import sample_next_token
 
@@ -287,8 +288,7 @@ class Mamba(nn.Module):
         logits, _ = self._run(idx)
         loss = None
         if targets is not None:
-            loss = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), targets.reshape(-1),
-                                   ignore_index=-1)
+            loss = cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
     def _run(self, idx, states=None):

@@ -40,14 +40,25 @@ class AblateConfig:
     threads: int = 0
 
 
-# name: (object, attribute, stand-in); each stand-in keeps the shapes and dtypes flowing on
+def _autocast_dtype(x: torch.Tensor) -> torch.dtype:
+    return torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
+
+
+def _heads_of(qkv: torch.Tensor, rope: torch.Tensor, n_head: int, n_kv_head: int) -> torch.Tensor:
+    return qkv[..., : qkv.shape[-1] * n_head // (n_head + 2 * n_kv_head)] * 1.0
+
+
+# name: (object, attribute, stand-in); each stand-in keeps the shapes and dtypes flowing on.
+# Which attention path runs depends on the precision (model_llama.Attention): bf16 takes the fused
+# CPU kernels (rotary included), fp32 takes apply_rotary + sdpa; the other rows then read ~0.
 STAND_INS = {
-    "RMSNorm (17 per step)": (model_llama.RMSNorm, "forward", lambda self, x: x * 1.0),
-    "rotary": (model_llama, "apply_rotary", lambda x, rope: x.float()),
-    "attention (sdpa)": (F, "scaled_dot_product_attention", lambda q, k, v, **kw: v * 1.0),
+    "RMSNorm (17 per step)": (model_llama.RMSNorm, "forward", lambda self, x: x.to(_autocast_dtype(x), copy=True)),
+    "rotary (fp32 path)": (model_llama, "apply_rotary", lambda x, rope: x.float()),
+    "attention (sdpa, fp32 path)": (F, "scaled_dot_product_attention", lambda q, k, v, **kw: v * 1.0),
+    "attention + rotary (bf16 path)": (model_llama.attention_cpu, "causal_attention", _heads_of),
     "SwiGLU product": (model_llama.SwiGLUProduct, "apply", lambda gate_up: gate_up.chunk(2, -1)[1] * 1.0),
     # reads one column: the head's backward still gets a full-size gradient, as with any loss
-    "cross-entropy": (F, "cross_entropy", lambda logits, targets, **kw: logits[:, 0].float().mean()),
+    "cross-entropy": (model_llama, "cross_entropy", lambda logits, targets, **kw: logits[:, 0].float().mean()),
 }
 
 

@@ -1,4 +1,4 @@
-"""Kernels for the two hot spots: RMSNorm and the state-space scans.
+"""Kernels for the hot spots: RMSNorm, the state-space scans, and on CPU the ops around the matmuls.
 
     rms_norm(x, weight, eps, backend)                 RMSNorm over the last dim (custom op)
     selective_scan(x, dt, A, B, C, backend)           Mamba-1's scan (custom op) -> y, last state
@@ -8,6 +8,11 @@
 
 The custom ops run Triton kernels on CUDA tensors and PyTorch elsewhere; backend="triton" or
 "torch" forces one (backend.py). Triton is imported only when a Triton kernel runs.
+
+On CPU, fused_cpu.c holds C kernels compiled on first use (fused_cpu.py): RMSNorm, SwiGLU,
+cross-entropy (cross_entropy.py), rotary + causal attention for training (attention_cpu.py) and
+a decoding step's attention. Each does in one pass what PyTorch does in several; they are used
+where they can be built and fall back to PyTorch otherwise.
 """
 
 from kernels.backend import BACKENDS, interpreting, triton_installed, use_triton

@@ -14,7 +14,15 @@ from __future__ import annotations
 
 import torch
 
+from kernels import fused_cpu
 from kernels.backend import use_triton
+
+
+def _fused_cpu(x: torch.Tensor, backend: str, out_dtype: torch.dtype | None = None) -> bool:
+    """The C kernels of fused_cpu.c run fp32/bf16 CPU tensors on the "auto" backend, where they
+    could be built."""
+    return (backend == "auto" and x.device.type == "cpu" and fused_cpu.dtype_ok(x.dtype, out_dtype or x.dtype)
+            and fused_cpu.available())
 
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:
@@ -44,20 +52,22 @@ def _torch_backward(gy2, x2, weight, rstd):
 
 
 @torch.library.custom_op("tinyhelen::rms_norm", mutates_args=())
-def _rms_norm_op(x: torch.Tensor, weight: torch.Tensor, eps: float,
-                 backend: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _rms_norm_op(x: torch.Tensor, weight: torch.Tensor, eps: float, backend: str,
+                 out_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
     if use_triton(x, backend):
         from kernels import rmsnorm_triton
         y, rstd = rmsnorm_triton.rms_norm_forward(x2, weight.contiguous(), eps)
+    elif _fused_cpu(x, backend, out_dtype):
+        y, rstd = fused_cpu.rms_norm_forward(x2, weight, eps, out_dtype)
     else:
         y, rstd = _torch_forward(x2, weight, eps)
-    return y.reshape(x.shape), rstd
+    return y.to(out_dtype).reshape(x.shape), rstd
 
 
 @_rms_norm_op.register_fake
-def _(x, weight, eps, backend):
-    return torch.empty_like(x), x.new_empty(x.numel() // x.shape[-1], dtype=torch.float32)
+def _(x, weight, eps, backend, out_dtype):
+    return torch.empty_like(x, dtype=out_dtype), x.new_empty(x.numel() // x.shape[-1], dtype=torch.float32)
 
 
 @torch.library.custom_op("tinyhelen::rms_norm_backward", mutates_args=())
@@ -67,9 +77,11 @@ def _rms_norm_backward_op(gy: torch.Tensor, x: torch.Tensor, weight: torch.Tenso
     gy2 = gy.reshape(x2.shape).contiguous()
     if use_triton(x, backend):
         from kernels import rmsnorm_triton
-        gx, gw = rmsnorm_triton.rms_norm_backward(gy2, x2, weight.contiguous(), rstd)
+        gx, gw = rmsnorm_triton.rms_norm_backward(gy2.to(x.dtype), x2, weight.contiguous(), rstd)
+    elif _fused_cpu(x, backend, gy.dtype):
+        gx, gw = fused_cpu.rms_norm_backward(gy2, x2, weight, rstd)
     else:
-        gx, gw = _torch_backward(gy2, x2, weight, rstd)
+        gx, gw = _torch_backward(gy2.to(x.dtype), x2, weight, rstd)
     return gx.reshape(x.shape), gw.to(weight.dtype)
 
 
@@ -79,7 +91,7 @@ def _(gy, x, weight, rstd, backend):
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, eps, backend = inputs
+    x, weight, eps, backend, _out_dtype = inputs
     ctx.save_for_backward(x, weight, output[1])
     ctx.mark_non_differentiable(output[1])
     ctx.backend = backend
@@ -88,14 +100,17 @@ def _setup_context(ctx, inputs, output):
 def _backward(ctx, gy, _g_rstd):
     x, weight, rstd = ctx.saved_tensors
     gx, gw = _rms_norm_backward_op(gy, x, weight, rstd, ctx.backend)
-    return gx, gw, None, None
+    return gx, gw, None, None, None
 
 
 torch.library.register_autograd("tinyhelen::rms_norm", _backward, setup_context=_setup_context)
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5, backend: str = "auto") -> torch.Tensor:
-    """RMSNorm of x (..., D) with weight (D,): see the module docstring."""
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5, backend: str = "auto",
+             out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """RMSNorm of x (..., D) with weight (D,): see the module docstring. out_dtype (default x's)
+    lets a norm whose output feeds a bf16 matmul round once, here, instead of in a separate cast."""
+    out_dtype = out_dtype or x.dtype
     if not use_triton(x, backend):
         # Where the custom op buys nothing. Under torch.compile: the plain formula, which Inductor
         # fuses with the ops around it (the op is opaque to Inductor). Without autograd: PyTorch's
@@ -103,9 +118,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5, backend: 
         # formula in Python: it adds up over the 17 norms of a one-token decoding step); it would
         # promote a bf16 x with an fp32 weight, so mixed dtypes take the formula.
         if torch.compiler.is_compiling():
-            return rms_norm_reference(x, weight, eps)
+            return rms_norm_reference(x, weight, eps).to(out_dtype)
         if not torch.is_grad_enabled():
-            if x.dtype == weight.dtype:
+            if x.dtype == weight.dtype == out_dtype:
                 return torch.nn.functional.rms_norm(x, (x.size(-1),), weight, eps)
-            return rms_norm_reference(x, weight, eps)
-    return _rms_norm_op(x, weight, eps, backend)[0]
+            return rms_norm_reference(x, weight, eps).to(out_dtype)
+    return _rms_norm_op(x, weight, eps, backend, out_dtype)[0]

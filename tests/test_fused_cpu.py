@@ -1,0 +1,199 @@
+"""The fused CPU kernels (kernels/fused_cpu.c) and what is built on them, against PyTorch's own ops
+and autograd as oracles: RMSNorm, SwiGLU, cross-entropy, rotary + causal attention."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kernels
+from kernels import attention_cpu, fused_cpu
+from kernels.cross_entropy import cross_entropy
+from model_llama import apply_rotary, rotary_table
+
+REPO = Path(__file__).resolve().parents[1]
+
+pytestmark = pytest.mark.skipif(not fused_cpu.available(), reason="no C compiler: the PyTorch paths run")
+
+# bf16 results are compared after one rounding of an fp32 computation: a few bf16 ulps
+BF16_TOL = dict(atol=3e-2, rtol=2e-2)
+
+
+def rel_err(got: torch.Tensor, want: torch.Tensor) -> float:
+    return ((got.float() - want.float()).abs().max() / want.float().abs().max()).item()
+
+
+def test_loading_the_library_keeps_denormals():
+    """Linking with -ffast-math would make the loader switch the whole process to flush-to-zero."""
+    assert fused_cpu.available()
+    assert (torch.tensor([1e-40]) * 1.0).item() != 0.0
+
+
+@pytest.mark.parametrize("x_dtype,out_dtype", [(torch.float32, torch.float32), (torch.float32, torch.bfloat16),
+                                               (torch.bfloat16, torch.bfloat16)])
+def test_rms_norm_matches_autograd_reference(x_dtype, out_dtype):
+    torch.manual_seed(0)
+    x = (torch.randn(5, 7, 41) * 3).to(x_dtype).requires_grad_()  # 35 rows: uneven across threads
+    w = (torch.rand(41) + 0.5).requires_grad_()
+    gy = torch.randn(5, 7, 41).to(out_dtype)
+    y = kernels.rms_norm(x, w, 1e-5, out_dtype=out_dtype)
+    got = torch.autograd.grad(y, (x, w), gy)
+    want_y = kernels.rms_norm_reference(x.float(), w, 1e-5)
+    want = torch.autograd.grad(want_y, (x, w), gy.float())
+    assert y.dtype == out_dtype and got[0].dtype == x_dtype
+    if out_dtype == torch.float32:
+        torch.testing.assert_close(y, want_y, atol=1e-5, rtol=1e-5)
+    else:
+        assert torch.equal(y, want_y.to(out_dtype)) or rel_err(y, want_y) < 1e-2
+    tol = dict(atol=1e-5, rtol=1e-4) if x_dtype == torch.float32 else BF16_TOL
+    torch.testing.assert_close(got[0].float(), want[0].float(), **tol)
+    torch.testing.assert_close(got[1], want[1], atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_swiglu_matches_autograd_reference(dtype):
+    from model_llama import swiglu
+    torch.manual_seed(1)
+    gate_up = (torch.randn(3, 11, 2 * 37) * 4).to(dtype).requires_grad_()
+    grad = torch.randn(3, 11, 37).to(dtype)
+    got_y = swiglu(gate_up)
+    got = torch.autograd.grad(got_y, gate_up, grad)[0]
+    ref_in = gate_up.detach().float().requires_grad_()
+    gate, up = ref_in.chunk(2, dim=-1)
+    want_y = F.silu(gate) * up
+    want = torch.autograd.grad(want_y, ref_in, grad.float())[0]
+    assert got_y.dtype == dtype and got.dtype == dtype
+    tol = dict(atol=1e-5, rtol=1e-5) if dtype == torch.float32 else BF16_TOL
+    torch.testing.assert_close(got_y.float(), want_y, **tol)
+    torch.testing.assert_close(got.float(), want, **tol)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_cross_entropy_matches_pytorch(dtype):
+    torch.manual_seed(2)
+    logits = (torch.randn(67, 53) * 5).to(dtype).requires_grad_()
+    targets = torch.randint(0, 53, (67,))
+    targets[::5] = -1
+    loss = cross_entropy(logits, targets)
+    got = torch.autograd.grad(loss * 3.0, logits)[0]  # a non-unit upstream gradient
+    want_loss = F.cross_entropy(logits.float(), targets, ignore_index=-1)
+    want = torch.autograd.grad(want_loss * 3.0, logits)[0]
+    assert loss.dtype == torch.float32 and got.dtype == dtype
+    torch.testing.assert_close(loss, want_loss, atol=1e-5, rtol=1e-5)
+    tol = dict(atol=1e-6, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-4, rtol=2e-2)
+    torch.testing.assert_close(got.float(), want.float(), **tol)
+    assert not got[::5].any()  # ignored rows get no gradient
+
+
+def test_cross_entropy_edge_cases():
+    logits = torch.randn(4, 6, requires_grad=True)
+    assert torch.isnan(cross_entropy(logits, torch.full((4,), -1)))  # all ignored: nan, like PyTorch
+    targets = torch.tensor([0, 5, 100, 1])
+    with pytest.raises(ValueError, match="out of range"):
+        cross_entropy(logits, targets)
+    # another ignore_index is honoured
+    t = torch.tensor([0, -100, 3, -100])
+    torch.testing.assert_close(cross_entropy(logits, t, ignore_index=-100),
+                               F.cross_entropy(logits, t, ignore_index=-100))
+
+
+def reference_attention(qkv, rope, H, K):
+    """The model's own sdpa path: apply_rotary, then PyTorch's causal attention, in fp32."""
+    B, T, _ = qkv.shape
+    Dh = qkv.shape[-1] // (H + 2 * K)
+    qk, v = qkv.float().view(B, T, H + 2 * K, Dh).split([H + K, K], dim=2)
+    q, k = apply_rotary(qk, rope[:, None]).split([H, K], dim=2)
+    y = F.scaled_dot_product_attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+                                       is_causal=True, enable_gqa=K != H)
+    return y.transpose(1, 2).reshape(B, T, H * Dh)
+
+
+@pytest.mark.parametrize("H,K,T", [(4, 4, 17), (4, 2, 33), (6, 1, 8), (2, 2, 1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_causal_attention_matches_sdpa(H, K, T, dtype):
+    torch.manual_seed(3)
+    B, Dh = 3, 10
+    rope = rotary_table(Dh, 64, 10000.0)[:T, 0]
+    qkv = torch.randn(B, T, (H + 2 * K) * Dh).to(dtype).requires_grad_()
+    grad = torch.randn(B, T, H * Dh).to(dtype)
+    y = attention_cpu.causal_attention(qkv, rope, H, K)
+    got = torch.autograd.grad(y, qkv, grad)[0]
+    ref_in = qkv.detach().float().requires_grad_()
+    want_y = reference_attention(ref_in, rope, H, K)
+    want = torch.autograd.grad(want_y, ref_in, grad.float())[0]
+    assert y.dtype == dtype and got.dtype == dtype
+    tol = dict(atol=2e-5, rtol=1e-4) if dtype == torch.float32 else BF16_TOL
+    torch.testing.assert_close(y.float(), want_y, **tol)
+    torch.testing.assert_close(got.float(), want, **tol)
+
+
+def test_bf16_training_step_matches_transformers_under_autocast():
+    """The whole bf16 CPU path (norms rounding to bf16, fused attention, SwiGLU, cross-entropy)
+    against transformers' model under the same autocast: loss and every gradient within bf16
+    noise, measured against the size of the gradients."""
+    from test_llama import hf_twin, random_llama, tiny_config
+    model = random_llama(tiny_config(n_kv_head=2)).train()
+    hf = hf_twin(model).train()
+    torch.manual_seed(4)
+    idx = torch.randint(0, 97, (2, 40))
+    targets = torch.cat([idx[:, 1:], torch.full((2, 1), -1)], dim=1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(idx, targets)[1]
+        hf_loss = hf(idx, labels=idx).loss
+    loss.backward()
+    hf_loss.backward()
+    assert abs(loss.item() - hf_loss.item()) < 0.02 * hf_loss.item()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.grad)
+    grads_as_hf = hf_twin(model)
+    theirs = dict(hf.named_parameters())
+    for name, mapped in grads_as_hf.named_parameters():
+        assert rel_err(mapped, theirs[name].grad) < 0.05, name
+
+
+def run_python(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True,
+                          env={**os.environ, **env}, timeout=300)
+
+
+TRAIN_ONE_STEP = (
+    "import warnings, torch\n"
+    "from kernels import fused_cpu\n"
+    "from model_llama import Llama, LlamaConfig\n"
+    "m = Llama(LlamaConfig(vocab_size=50, n_layer=1, n_embd=32, n_head=2, n_kv_head=1, ffn_hidden=64))\n"
+    "x = torch.randint(0, 50, (2, 9))\n"
+    "with warnings.catch_warnings(record=True) as caught:\n"
+    "    warnings.simplefilter('always')\n"
+    "    with torch.autocast('cpu', dtype=torch.bfloat16):\n"
+    "        loss = m(x, x)[1]\n"
+    "    loss.backward()\n"
+    "print('available', fused_cpu.available(), 'finite', bool(torch.isfinite(loss)))\n"
+    "print('warnings', [str(w.message)[:60] for w in caught])\n"
+)
+
+
+def test_switched_off_by_environment_variable():
+    out = run_python(TRAIN_ONE_STEP, TINYHELEN_FUSED_CPU="0")
+    assert out.returncode == 0, out.stderr
+    assert "available False finite True" in out.stdout and "warnings []" in out.stdout
+
+
+def test_failed_build_falls_back_with_a_warning(tmp_path):
+    out = run_python(TRAIN_ONE_STEP, CC="false", TINYHELEN_CACHE=str(tmp_path))
+    assert out.returncode == 0, out.stderr
+    assert "available False finite True" in out.stdout
+    assert "fused CPU kernels are off" in out.stdout
+
+
+def test_non_contiguous_or_wrong_dtype_inputs_are_refused():
+    with pytest.raises(ValueError, match="contiguous fp32/bf16"):
+        fused_cpu.swiglu_forward(torch.randn(4, 6).t())
+    with pytest.raises(ValueError, match="contiguous fp32/bf16"):
+        fused_cpu.swiglu_forward(torch.randn(4, 6, dtype=torch.float64))
