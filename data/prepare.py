@@ -176,9 +176,9 @@ def prepare(cfg: PrepareConfig) -> dict:
     """Prepare out_dir from the corpus as described in the module docstring; returns meta."""
     root = resolve_data_root(cfg)
     out_dir = out_dir_of(cfg)
+    plan = plan_genres(root, cfg)  # bad input fails here, before a prepared out_dir is touched
     out_dir.mkdir(parents=True, exist_ok=True)
     (out_dir / "meta.json").unlink(missing_ok=True)  # until the new one is written, the folder is unprepared
-    plan = plan_genres(root, cfg)
     genres = [g for g in GENRES if any(g in plan[s] for s in SPLITS)]
     tok, tok_ref = build_tokenizer(cfg, root, plan, out_dir)
     dtype = np.dtype(np.uint16 if tok.vocab_size <= 1 << 16 else np.uint32)
