@@ -53,7 +53,7 @@ def _heads_of(qkv: torch.Tensor, rope: torch.Tensor, n_head: int, n_kv_head: int
 # CPU kernels (rotary included), fp32 takes apply_rotary + sdpa; the other rows then read ~0.
 STAND_INS = {
     "RMSNorm (17 per step)": (model_llama.RMSNorm, "forward", lambda self, x: x.to(_autocast_dtype(x), copy=True)),
-    "rotary (fp32 path)": (model_llama, "apply_rotary", lambda x, rope: x.float()),
+    "rotary (PyTorch fallback)": (model_llama, "apply_rotary", lambda x, rope: x.float()),
     "attention (sdpa, fp32 path)": (F, "scaled_dot_product_attention", lambda q, k, v, **kw: v * 1.0),
     "attention + rotary (bf16 path)": (model_llama.attention_cpu, "causal_attention", _heads_of),
     "SwiGLU product": (model_llama.SwiGLUProduct, "apply", lambda gate_up: gate_up.chunk(2, -1)[1] * 1.0),
