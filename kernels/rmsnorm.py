@@ -113,13 +113,16 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5, backend: 
     out_dtype = out_dtype or x.dtype
     if not use_triton(x, backend):
         # Where the custom op buys nothing. Under torch.compile: the plain formula, which Inductor
-        # fuses with the ops around it (the op is opaque to Inductor). Without autograd: PyTorch's
-        # own op, whose steps run in C++ (8 us a call against 21 for the custom op and 11 for the
-        # formula in Python: it adds up over the 17 norms of a one-token decoding step); it would
-        # promote a bf16 x with an fp32 weight, so mixed dtypes take the formula.
+        # fuses with the ops around it (the op is opaque to Inductor). Without autograd: the C
+        # kernel called directly on CPU, else PyTorch's own op, whose steps run in C++ (8 us a call
+        # against 21 for the custom op and 11 for the formula in Python); PyTorch's op would promote
+        # a bf16 x with an fp32 weight, so mixed dtypes take the formula.
         if torch.compiler.is_compiling():
             return rms_norm_reference(x, weight, eps).to(out_dtype)
         if not torch.is_grad_enabled():
+            if _fused_cpu(x, backend, out_dtype):
+                return fused_cpu.rms_norm_forward(x.reshape(-1, x.shape[-1]).contiguous(), weight, eps,
+                                                  out_dtype)[0].view(x.shape)
             if x.dtype == weight.dtype == out_dtype:
                 return torch.nn.functional.rms_norm(x, (x.size(-1),), weight, eps)
             return rms_norm_reference(x, weight, eps).to(out_dtype)
