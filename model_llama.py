@@ -234,7 +234,7 @@ class SwiGLUProduct(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, gate_up: torch.Tensor) -> torch.Tensor:
-        ctx.fused = gate_up.is_cpu and fused_cpu.dtype_ok(gate_up.dtype) and fused_cpu.available()
+        ctx.fused = fused_cpu.applies(gate_up)
         if ctx.fused:
             ctx.save_for_backward(gate_up)
             return fused_cpu.swiglu_forward(gate_up.contiguous())
@@ -258,14 +258,15 @@ class SwiGLUProduct(torch.autograd.Function):
 
 def swiglu(gate_up: torch.Tensor) -> torch.Tensor:
     """silu(gate) * up for gate_up = [gate | up] (..., 2F) -> (..., F)."""
-    if torch.is_grad_enabled() and not torch.compiler.is_compiling():
+    if torch.compiler.is_compiling():  # plain ops, which Inductor fuses with their neighbours
+        gate, up = gate_up.chunk(2, dim=-1)
+        return F.silu(gate) * up
+    if torch.is_grad_enabled():
         return SwiGLUProduct.apply(gate_up)
-    # no autograd (or compiling): skip the Function's overhead
-    if not torch.compiler.is_compiling() and gate_up.is_cpu and fused_cpu.dtype_ok(gate_up.dtype) \
-            and fused_cpu.available():
+    if fused_cpu.applies(gate_up):  # no autograd: skip the Function's overhead
         return fused_cpu.swiglu_forward(gate_up.contiguous())
     gate, up = gate_up.chunk(2, dim=-1)
-    return F.silu(gate) * up  # Inductor fuses this with its neighbours
+    return F.silu(gate).mul_(up)
 
 
 class SwiGLU(nn.Module):
@@ -418,8 +419,7 @@ class Llama(nn.Module):
         # On CPU with fp32 weights, norms, rotary + attention and SwiGLU are one C call each
         # (kernels/fused_cpu.c); otherwise PyTorch ops (rms_norm directly, not kernels.rms_norm: the
         # same op without autograd, minus 2.5 us of dispatch per call).
-        fused = (x.is_cpu and x.dtype == torch.float32 and cache.kv[0].dtype == torch.float32
-                 and fused_cpu.available())
+        fused = x.dtype == cache.kv[0].dtype == torch.float32 and fused_cpu.applies(x)
         D, eps = c.n_embd, c.norm_eps
         if fused:
             def norm(x, weight):

@@ -38,8 +38,7 @@ def usable(x: torch.Tensor, T: int) -> bool:
     """Whether this module applies: CPU training (autograd on, not compiling) up to MAX_T.
     Without autograd (validation, generation's prefill) the model keeps PyTorch's fp32 attention,
     the same arithmetic as its one-token decoding step."""
-    return (x.device.type == "cpu" and T <= MAX_T and torch.is_grad_enabled()
-            and not torch.compiler.is_compiling() and fused_cpu.available())
+    return T <= MAX_T and torch.is_grad_enabled() and fused_cpu.applies(x)
 
 
 class CausalAttention(torch.autograd.Function):

@@ -29,11 +29,11 @@ class _FusedCrossEntropy(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_loss: torch.Tensor):
         grad, count = ctx.saved_tensors
-        return grad * (grad_loss / count).to(grad.dtype), None, None
+        # a Python float: scaled in fp32 before the one rounding to a bf16 grad's dtype
+        return grad * float(grad_loss / count), None, None
 
 
 def cross_entropy(logits: torch.Tensor, targets: torch.Tensor, ignore_index: int = -1) -> torch.Tensor:
-    if (logits.is_cpu and fused_cpu.dtype_ok(logits.dtype) and torch.is_grad_enabled()
-            and not torch.compiler.is_compiling() and fused_cpu.available()):
+    if torch.is_grad_enabled() and fused_cpu.applies(logits):
         return _FusedCrossEntropy.apply(logits, targets, ignore_index)
     return F.cross_entropy(logits.float(), targets, ignore_index=ignore_index)

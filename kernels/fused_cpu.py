@@ -10,8 +10,9 @@
     causal_softmax_(scores, T, scale)   in place, (R, T) scores -> probabilities
     causal_softmax_backward_(p, dp, T, scale)  in place, dp -> d scores
     cross_entropy_forward(logits, targets) -> per-row losses, d losses / d logits
-    rms_norm_inference(x, w, eps), swiglu_forward(gate_up), decode_attention(qkv, cache, rope, pos, K)
+    rms_norm_inference(x, w, eps), decode_attention(qkv, cache, rope, pos, K)
         a decoding step's pieces, fp32 (see Llama.decode_step)
+    applies(t, *dtypes)                 whether to use these kernels for CPU tensor t (and dtypes)
 
 Tensors are CPU, contiguous, fp32 or bf16 (checked here, so a wrong call fails in Python rather
 than in C). The library is built with the system C compiler (`cc`, or $CC) with -march=native, so
@@ -123,9 +124,17 @@ def dtype_ok(*dtypes: torch.dtype) -> bool:
     return all(d in (torch.float32, torch.bfloat16) for d in dtypes)
 
 
+def applies(t: torch.Tensor, *other_dtypes: torch.dtype) -> bool:
+    """Whether a caller should use these kernels: t (and any other dtypes involved) fp32/bf16 on
+    CPU, the library built, and not under torch.compile (Dynamo cannot trace ctypes calls; callers
+    give Inductor plain formulas instead)."""
+    return (t.device.type == "cpu" and dtype_ok(t.dtype, *other_dtypes)
+            and not torch.compiler.is_compiling() and available())
+
+
 def _flag(t: torch.Tensor) -> int:
     """1 for bf16, 0 for fp32; anything else (or a non-contiguous or non-CPU tensor) is a bug."""
-    if t.device.type != "cpu" or not t.is_contiguous() or t.dtype not in (torch.float32, torch.bfloat16):
+    if t.device.type != "cpu" or not t.is_contiguous() or not dtype_ok(t.dtype):
         raise ValueError(f"fused CPU kernels take contiguous fp32/bf16 CPU tensors, got {t.dtype} "
                          f"on {t.device}, contiguous={t.is_contiguous()}")
     return int(t.dtype == torch.bfloat16)

@@ -21,8 +21,7 @@ from kernels.backend import use_triton
 def _fused_cpu(x: torch.Tensor, backend: str, out_dtype: torch.dtype | None = None) -> bool:
     """The C kernels of fused_cpu.c run fp32/bf16 CPU tensors on the "auto" backend, where they
     could be built."""
-    return (backend == "auto" and x.device.type == "cpu" and fused_cpu.dtype_ok(x.dtype, out_dtype or x.dtype)
-            and fused_cpu.available())
+    return backend == "auto" and fused_cpu.applies(x, out_dtype or x.dtype)
 
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float = 1e-5) -> torch.Tensor:

@@ -137,7 +137,7 @@ def test_bf16_training_step_matches_transformers_under_autocast():
     """The whole bf16 CPU path (norms rounding to bf16, fused attention, SwiGLU, cross-entropy)
     against transformers' model under the same autocast: loss and every gradient within bf16
     noise, measured against the size of the gradients."""
-    from test_llama import hf_twin, random_llama, tiny_config
+    from test_llama import gradients_side_by_side, hf_twin, random_llama, tiny_config
     model = random_llama(tiny_config(n_kv_head=2)).train()
     hf = hf_twin(model).train()
     torch.manual_seed(4)
@@ -149,13 +149,8 @@ def test_bf16_training_step_matches_transformers_under_autocast():
     loss.backward()
     hf_loss.backward()
     assert abs(loss.item() - hf_loss.item()) < 0.02 * hf_loss.item()
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(p.grad)
-    grads_as_hf = hf_twin(model)
-    theirs = dict(hf.named_parameters())
-    for name, mapped in grads_as_hf.named_parameters():
-        assert rel_err(mapped, theirs[name].grad) < 0.05, name
+    for name, ours, theirs in gradients_side_by_side(model, hf):
+        assert rel_err(ours, theirs) < 0.05, name
 
 
 def run_python(code: str, **env) -> subprocess.CompletedProcess:

@@ -126,15 +126,17 @@ def test_ssd_matches_step_by_step_recurrence():
         assert_rel_close(a, b, name=name)
 
 
+@pytest.mark.parametrize("backend", ["torch", "auto"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_rms_norm_op_matches_reference(dtype):
-    """The PyTorch path (forward and hand-written backward) in fp32 and with bf16 inputs."""
+def test_rms_norm_op_matches_reference(dtype, backend):
+    """The custom op's forward and hand-written backward, in fp32 and with bf16 inputs: the PyTorch
+    path ("torch") and on CPU the fused C kernels ("auto", where a compiler is found)."""
     x = torch.randn(4, 9, 33).to(dtype).requires_grad_()
     w = (torch.rand(33) + 0.5).requires_grad_()
     gy = torch.randn_like(x)
     want_y = kernels.rms_norm_reference(x, w, 1e-6)
     want = torch.autograd.grad((want_y.float() * gy.float()).sum(), (x, w))
-    y = kernels.rms_norm(x, w, 1e-6)
+    y = kernels.rms_norm(x, w, 1e-6, backend)
     got = torch.autograd.grad((y.float() * gy.float()).sum(), (x, w))
     assert y.dtype == dtype
     tol = {} if dtype == torch.float32 else {"tol": 2e-2}

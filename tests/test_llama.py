@@ -85,6 +85,18 @@ def hf_twin(model: Llama) -> transformers.LlamaForCausalLM:
     return hf
 
 
+def gradients_side_by_side(model: Llama, hf: transformers.LlamaForCausalLM):
+    """(name, our gradient in transformers' layout, transformers' gradient) for every parameter of
+    hf, after both models ran backward. Gradients are linear in the weights' layout, so hf_twin's
+    mapping applied to our gradients must reproduce transformers' gradients. Overwrites model's
+    weights with its gradients."""
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(p.grad)
+    theirs = dict(hf.named_parameters())
+    return [(name, mapped, theirs[name].grad) for name, mapped in hf_twin(model).named_parameters()]
+
+
 VARIANTS = {  # name: config overrides
     "mha-untied": dict(n_kv_head=4, tie_embeddings=False),
     "gqa-tied": dict(n_kv_head=2, tie_embeddings=True),
@@ -125,15 +137,8 @@ def test_gradients_match_transformers(variant):
     targets = torch.cat([idx[:, 1:], torch.full((2, 1), -1)], dim=1)
     model(idx, targets)[1].backward()
     hf(idx, labels=idx).loss.backward()
-    # Gradients are linear in the weights' layout, so hf_twin's mapping applied to our gradients
-    # must reproduce transformers' gradients.
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_(p.grad)
-    grads_as_hf = hf_twin(model)
-    theirs = dict(hf.named_parameters())
-    for name, mapped in grads_as_hf.named_parameters():
-        torch.testing.assert_close(mapped, theirs[name].grad, atol=1e-5, rtol=1e-4, msg=name)
+    for name, ours, theirs in gradients_side_by_side(model, hf):
+        torch.testing.assert_close(ours, theirs, atol=1e-5, rtol=1e-4, msg=name)
 
 
 @pytest.mark.parametrize("tied", [False, True])
