@@ -213,7 +213,7 @@ def main(cfg: BenchConfig) -> None:
     print(f"matmul peak: fp32 {peaks['fp32']:.1f} GFLOP/s, bf16 {peaks['bf16']:.1f} GFLOP/s "
           f"({'emulated' if bf16_emulated else 'native: AVX512-BF16 or AMX'})")
 
-    for precision in cfg.precisions.split(","):
+    for precision in [p for p in cfg.precisions.split(",") if p]:  # --precisions= : generation only
         bf16 = precision == "bf16"
         batch, seq, steps = cfg.batch, cfg.seq, cfg.steps
         if bf16 and bf16_emulated:

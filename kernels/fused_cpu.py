@@ -10,7 +10,8 @@
     causal_softmax_(scores, T, scale)   in place, (R, T) scores -> probabilities
     causal_softmax_backward_(p, dp, T, scale)  in place, dp -> d scores
     cross_entropy_forward(logits, targets) -> per-row losses, d losses / d logits
-    rms_norm_inference(x, w, eps), decode_attention(qkv, cache, rope, pos, K)
+    rms_norm_inference(x, w, eps), decode_attention(qkv, cache, rope, pos, K),
+    pack_for_decoding(w), few_row_matmul(x, packed, residual)
         a decoding step's pieces, fp32 (see Llama.decode_step)
     applies(t, *dtypes)                 whether to use these kernels for CPU tensor t (and dtypes)
 
@@ -36,7 +37,8 @@ from pathlib import Path
 
 import torch
 
-SOURCE = Path(__file__).with_name("fused_cpu.c")
+# one library from these sources: the fused elementwise kernels, and the few-row matmuls of decoding
+SOURCES = [Path(__file__).with_name(name) for name in ("fused_cpu.c", "matmul_cpu.c")]
 # -ffast-math lets gcc vectorise expf through glibc's vector math library and reorder the row sums;
 # nothing here relies on NaN or infinity arithmetic (the bf16 rounding tests NaN by its bits).
 # It is given to the compile step only: linking with it adds crtfastmath.o, which would switch the
@@ -58,6 +60,8 @@ _SIGNATURES = {
     "causal_softmax_backward": [_c_void_p, _c_void_p, _int, _i64, _i64, _float],
     "cross_entropy_forward": [_c_void_p, _int, _c_void_p, _c_void_p, _c_void_p, _i64, _i64],
     "decode_attention": [_c_void_p, _c_void_p, _c_void_p, _c_void_p, _i64, _i64, _i64, _i64, _i64, _i64, _float],
+    "few_row_matmul": [_c_void_p, _c_void_p, _c_void_p, _c_void_p, _i64, _i64, _i64],
+    "pack_panels": [_c_void_p, _c_void_p, _i64, _i64],
 }
 
 
@@ -77,17 +81,18 @@ def _cpu_flags() -> str:
 
 
 def _build(compiler: str) -> Path:
-    key = hashlib.sha256("\n".join([SOURCE.read_text(), compiler, *COMPILE_FLAGS, *LINK_FLAGS,
-                                     _cpu_flags()]).encode())
+    key = hashlib.sha256("\n".join([*(source.read_text() for source in SOURCES), compiler, *COMPILE_FLAGS,
+                                     *LINK_FLAGS, _cpu_flags()]).encode())
     target = _cache_dir() / f"fused_cpu-{key.hexdigest()[:16]}.so"
     if target.exists():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
     # compile to a temporary name, then rename: another process may be building the same file
     with tempfile.TemporaryDirectory(dir=target.parent) as tmp:
-        obj, lib = os.path.join(tmp, "fused_cpu.o"), os.path.join(tmp, "fused_cpu.so")
-        for command in ([compiler, *COMPILE_FLAGS, str(SOURCE), "-o", obj],
-                        [compiler, *LINK_FLAGS, obj, "-o", lib, "-lm"]):
+        objects = [os.path.join(tmp, source.stem + ".o") for source in SOURCES]
+        lib = os.path.join(tmp, "fused_cpu.so")
+        commands = [[compiler, *COMPILE_FLAGS, str(source), "-o", obj] for source, obj in zip(SOURCES, objects)]
+        for command in commands + [[compiler, *LINK_FLAGS, *objects, "-o", lib, "-lm"]]:
             result = subprocess.run(command, capture_output=True, text=True)
             if result.returncode != 0:
                 raise RuntimeError(f"{' '.join(command)} failed:\n{result.stderr.strip()}")
@@ -266,4 +271,31 @@ def decode_attention(qkv: torch.Tensor, cache_layer: torch.Tensor, rope_t: torch
     y = qkv.new_empty(B, H * Dh)
     _library().decode_attention(qkv.data_ptr(), cache_layer.data_ptr(), rope_t.data_ptr(), y.data_ptr(),
                                 B, H, n_kv_head, Dh, cache_layer.size(2), pos, Dh ** -0.5)
+    return y
+
+
+PANEL = 32  # matmul_cpu.c's panel width
+
+
+def pack_for_decoding(weight: torch.Tensor) -> torch.Tensor:
+    """weight (Kd, N) fp32 -> (ceil(N / 32), Kd, 32) column panels, zero-padded past N: the layout
+    few_row_matmul streams (matmul_cpu.c says why). A copy, as large as the weight."""
+    Kd, N = weight.shape
+    weight = weight.contiguous()
+    _flag(weight)
+    if weight.dtype != torch.float32:
+        raise ValueError(f"few_row_matmul is fp32 only, got {weight.dtype}")
+    packed = weight.new_empty(-(-N // PANEL), Kd, PANEL)
+    _library().pack_panels(weight.data_ptr(), packed.data_ptr(), Kd, N)
+    return packed
+
+
+def few_row_matmul(x: torch.Tensor, packed: torch.Tensor, n_out: int,
+                   residual: torch.Tensor | None = None) -> torch.Tensor:
+    """x (M, Kd) fp32 contiguous @ the weight packed by pack_for_decoding -> (M, n_out) fp32, plus
+    residual (M, n_out) when given (written in place: the result is residual)."""
+    M, Kd = x.shape
+    y = residual if residual is not None else x.new_empty(M, n_out)
+    _library().few_row_matmul(x.data_ptr(), packed.data_ptr(), y.data_ptr() if residual is not None else None,
+                              y.data_ptr(), M, Kd, n_out)
     return y

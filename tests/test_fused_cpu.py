@@ -174,6 +174,34 @@ TRAIN_ONE_STEP = (
 )
 
 
+@pytest.mark.parametrize("M", [1, 3, 8, 11, 17])
+@pytest.mark.parametrize("Kd,N", [(37, 5), (48, 64), (41, 70)])
+def test_few_row_matmul_matches_float64_matmul(M, Kd, N):
+    """Decoding's packed matmul: every row count (register blocks of 8 rows plus a remainder), N
+    below, at and between multiples of the 32-column panel, with and without the residual (which is
+    added in place)."""
+    torch.manual_seed(M * 1000 + N)
+    x, w, residual = torch.randn(M, Kd), torch.randn(Kd, N), torch.randn(M, N)
+    packed = fused_cpu.pack_for_decoding(w)
+    assert packed.shape == (-(-N // 32), Kd, 32)
+    want = x.double() @ w.double()
+    torch.testing.assert_close(fused_cpu.few_row_matmul(x, packed, N).double(), want, atol=1e-4, rtol=1e-5)
+    expected_sum = residual.double() + want
+    out = fused_cpu.few_row_matmul(x, packed, N, residual=residual)
+    assert out.data_ptr() == residual.data_ptr()
+    torch.testing.assert_close(out.double(), expected_sum, atol=1e-4, rtol=1e-5)
+
+
+def test_pack_for_decoding_layout_and_dtype():
+    w = torch.arange(3 * 40, dtype=torch.float32).view(3, 40)
+    packed = fused_cpu.pack_for_decoding(w)
+    assert torch.equal(packed[0], w[:, :32]) and torch.equal(packed[1, :, :8], w[:, 32:])
+    assert not packed[1, :, 8:].any()  # zeros past N, so the last panel's extra columns add nothing
+    torch.testing.assert_close(fused_cpu.pack_for_decoding(w.t()), fused_cpu.pack_for_decoding(w.t().contiguous()))
+    with pytest.raises(ValueError, match="fp32 only"):
+        fused_cpu.pack_for_decoding(w.bfloat16())
+
+
 def test_switched_off_by_environment_variable():
     out = run_python(TRAIN_ONE_STEP, TINYHELEN_FUSED_CPU="0")
     assert out.returncode == 0, out.stderr

@@ -232,6 +232,21 @@ def test_decode_step_equals_full_forward(n_kv_head):
         torch.testing.assert_close(got, want, atol=ATOL if not autocast else 0.02, rtol=0)
 
 
+def test_generation_after_a_training_step_uses_the_new_weights():
+    """decode_step multiplies by a packed copy of the weights (kernels/matmul_cpu.c) made for each
+    generation: after an optimizer step, generate must still agree with the full forward pass."""
+    model = random_llama(tiny_config(n_kv_head=2))
+    prompt = torch.randint(0, 97, (2, 5))
+    before = model.generate(prompt, 12, temperature=0.0)
+    assert torch.equal(before, greedy_without_cache(model, prompt, 12))
+    optimizer = torch.optim.SGD(model.parameters(), lr=5.0)
+    model(before, before)[1].backward()
+    optimizer.step()
+    after = model.generate(prompt, 12, temperature=0.0)
+    assert torch.equal(after, greedy_without_cache(model, prompt, 12))
+    assert not torch.equal(after, before)  # the step changed the model enough to change its tokens
+
+
 def test_generate_stops_at_eot_and_respects_max_seq_len():
     model = random_llama(tiny_config())
     prompt = torch.randint(0, 97, (2, 5))
