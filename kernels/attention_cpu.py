@@ -1,26 +1,26 @@
-"""Causal self-attention for CPU training: rotary, attention and their backwards from batched
-matmuls plus the fused kernels of fused_cpu.c.
+"""Causal self-attention for CPU training: rotary, attention and their backwards from the fused
+kernels of fused_cpu.c / attention_cpu.c, with autograd.
 
     y = causal_attention(qkv, rope, n_head, n_kv_head)    qkv (B, T, (H + 2K) Dh) -> y (B, T, H Dh)
-    q, k, v = rotary_to_heads(qkv, rope, n_head, n_kv_head)   rotated, head-major, with autograd
 
-Why not PyTorch's scaled_dot_product_attention in bf16: on CPU it is a flash-attention kernel whose
-inner products are small GEMM calls at Dh = 42, about 13-16 ms forward + backward per layer of the
-14M model at batch 8 x 256 (rotary included), against about 8 here. At these lengths the whole (T, T) score matrix fits
-in cache, so here the scores come from one batched matmul (in bf16 on AMX under autocast), the
-causal softmax and its backward are single fused passes, and the backward runs four more batched
-matmuls on the saved probabilities instead of recomputing them. The price is memory: the
-probabilities, (B, H, T, T) per layer, are kept for the backward, so this path is used only up to
-MAX_T positions (the model falls back to sdpa beyond, and for generation).
+Why not PyTorch's scaled_dot_product_attention: on CPU it is a flash-attention kernel whose inner
+products are small GEMM calls at Dh = 42, about 13-21 ms forward + backward per layer of the 14M
+model at batch 8 x 256, in fp32 or bf16. At these lengths the whole (T, T) score matrix of one head
+fits in cache, so neither path here tiles like flash attention:
+  * fp32: attention_cpu.c, one C kernel per direction that keeps each head's scores in L2 and runs
+    every product (causal blocks only) through one register-blocked microkernel, about 3x sdpa
+    (7 against 21 ms per layer). It saves the log-sum-exp of each row and recomputes the
+    probabilities in the backward.
+  * bf16 (under autocast): the scores come from one batched bf16 matmul on AMX, the causal softmax
+    and its backward are single fused passes, and the backward runs four more batched matmuls on the
+    saved probabilities instead of recomputing them (about 8 against 13-16 ms per layer). The price
+    is memory: the probabilities, (B, H, T, T) per layer, are kept for the backward.
+Both are used only up to MAX_T positions (the model falls back to sdpa beyond, and for generation).
 
 Grouped-query attention without repeating keys: with heads ordered (K, G) (query head h uses
-key/value head h // G), the G query heads of a group are stacked along time, so queries (B·K, G·T,
-Dh) meet keys (B·K, T, Dh) in one matmul, and the backward's products sum over the group by
-themselves.
-
-In fp32 the batched matmuls run at fp32 speed and this is no faster than the flash kernel (15 ms
-per layer each, equal within noise in a full training step), so fp32 training keeps sdpa and takes
-only rotary_to_heads from here.
+key/value head h // G), the bf16 path stacks the G query heads of a group along time, so queries
+(B·K, G·T, Dh) meet keys (B·K, T, Dh) in one matmul, and the backward's products sum over the group
+by themselves; the fp32 kernel gives each thread one key/value head and its G query heads.
 
 Shapes: B batch, T time, H query heads, K key/value heads, G = H / K, Dh head dim.
 """
@@ -31,7 +31,7 @@ import torch
 
 from kernels import fused_cpu
 
-MAX_T = 512  # (B, H, T, T) probabilities per layer: 8 x 8 x 512^2 in bf16 = 32 MB
+MAX_T = 512  # bf16 keeps (B, H, T, T) probabilities per layer: 8 x 8 x 512^2 in bf16 = 32 MB
 
 
 def usable(x: torch.Tensor, T: int) -> bool:
@@ -71,30 +71,23 @@ class CausalAttention(torch.autograd.Function):
         return grad_qkv, None, None, None
 
 
-class RotaryToHeads(torch.autograd.Function):
-    """qkv (B, T, (H + 2K) Dh) -> q (B, H, T, Dh), k, v (B, K, T, Dh), contiguous, q and k rotated:
-    the fp32 path's input to scaled_dot_product_attention, in one pass each way instead of
-    rotary, split, casts and (backward) concatenation."""
+class CausalAttentionFp32(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, qkv: torch.Tensor, rope: torch.Tensor, n_head: int, n_kv_head: int) -> torch.Tensor:
+        q, k, v = fused_cpu.rotary_to_heads(qkv.contiguous(), rope, n_head, n_kv_head)
+        y, lse = fused_cpu.attention_forward(q, k, v)
+        ctx.save_for_backward(q, k, v, y, lse, rope)
+        return y
 
     @staticmethod
-    def forward(ctx, qkv: torch.Tensor, rope: torch.Tensor, n_head: int, n_kv_head: int):
-        ctx.save_for_backward(rope)
-        return fused_cpu.rotary_to_heads(qkv.contiguous(), rope, n_head, n_kv_head)
-
-    @staticmethod
-    def backward(ctx, grad_q, grad_k, grad_v):
-        (rope,) = ctx.saved_tensors
-        dtype = grad_q.dtype
-        grads = [g.to(dtype).contiguous() for g in (grad_q, grad_k, grad_v)]
-        return fused_cpu.rotary_from_heads(*grads, rope), None, None, None
-
-
-def rotary_to_heads(qkv: torch.Tensor, rope: torch.Tensor, n_head: int, n_kv_head: int):
-    """RotaryToHeads with autograd. rope: (T, Dh/2, 2) fp32."""
-    return RotaryToHeads.apply(qkv, rope.contiguous(), n_head, n_kv_head)
+    def backward(ctx, grad_y: torch.Tensor):
+        q, k, v, y, lse, rope = ctx.saved_tensors
+        dq, dk, dv = fused_cpu.attention_backward(q, k, v, y, lse, grad_y.float().contiguous())
+        return fused_cpu.rotary_from_heads(dq, dk, dv, rope), None, None, None
 
 
 def causal_attention(qkv: torch.Tensor, rope: torch.Tensor, n_head: int, n_kv_head: int) -> torch.Tensor:
-    """qkv (B, T, (H + 2K) Dh) from the projection -> attention output (B, T, H Dh), qkv's dtype.
-    rope: (T, Dh/2, 2) fp32 (cos, sin) for positions 0..T-1."""
-    return CausalAttention.apply(qkv, rope.contiguous(), n_head, n_kv_head)
+    """qkv (B, T, (H + 2K) Dh) from the projection -> attention output (B, T, H Dh), qkv's dtype
+    (fp32 or bf16). rope: (T, Dh/2, 2) fp32 (cos, sin) for positions 0..T-1."""
+    function = CausalAttentionFp32 if qkv.dtype == torch.float32 else CausalAttention
+    return function.apply(qkv, rope.contiguous(), n_head, n_kv_head)

@@ -9,6 +9,8 @@
     rotary_from_heads(dq, dk, dv, rope) -> dqkv (B, T, (H + 2K) Dh), rotated back
     causal_softmax_(scores, T, scale)   in place, (R, T) scores -> probabilities
     causal_softmax_backward_(p, dp, T, scale)  in place, dp -> d scores
+    attention_forward(q, k, v)          -> y (B, T, H Dh), lse: fp32 causal attention (attention_cpu.c)
+    attention_backward(q, k, v, y, lse, dy) -> dq, dk, dv
     cross_entropy_forward(logits, targets) -> per-row losses, d losses / d logits
     rms_norm_inference(x, w, eps), decode_attention(qkv, cache, rope, pos, K),
     pack_for_decoding(w), few_row_matmul(x, packed, residual)
@@ -37,8 +39,9 @@ from pathlib import Path
 
 import torch
 
-# one library from these sources: the fused elementwise kernels, and the few-row matmuls of decoding
-SOURCES = [Path(__file__).with_name(name) for name in ("fused_cpu.c", "matmul_cpu.c")]
+# one library from these sources: the fused elementwise kernels, the few-row matmuls of decoding, and
+# fp32 causal attention for training
+SOURCES = [Path(__file__).with_name(name) for name in ("fused_cpu.c", "matmul_cpu.c", "attention_cpu.c")]
 # -ffast-math lets gcc vectorise expf through glibc's vector math library and reorder the row sums;
 # nothing here relies on NaN or infinity arithmetic (the bf16 rounding tests NaN by its bits).
 # It is given to the compile step only: linking with it adds crtfastmath.o, which would switch the
@@ -62,6 +65,8 @@ _SIGNATURES = {
     "decode_attention": [_c_void_p, _c_void_p, _c_void_p, _c_void_p, _i64, _i64, _i64, _i64, _i64, _i64, _float],
     "few_row_matmul": [_c_void_p, _c_void_p, _c_void_p, _c_void_p, _i64, _i64, _i64],
     "pack_panels": [_c_void_p, _c_void_p, _i64, _i64],
+    "attention_forward": [_c_void_p] * 5 + [_i64] * 5 + [_float],
+    "attention_backward": [_c_void_p] * 9 + [_i64] * 5 + [_float],
 }
 
 
@@ -234,6 +239,43 @@ def causal_softmax_backward_(probs: torch.Tensor, grad: torch.Tensor, T: int, sc
                          f"{tuple(grad.shape)} must match")
     _library().causal_softmax_backward(probs.data_ptr(), grad.data_ptr(), _flag(grad), grad.numel() // T, T, scale)
     return grad
+
+
+def attention_forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal attention in fp32, scale Dh^-0.5: q (B, H, T, Dh), k, v (B, K, T, Dh) with K dividing H
+    -> y (B, T, H·Dh), token-major as the output projection reads it, and the log-sum-exp of each
+    query row's scores (B, H, T), which the backward needs."""
+    B, H, T, Dh = q.shape
+    K = _check_attention_inputs(q, k, v)
+    y, lse = q.new_empty(B, T, H * Dh), q.new_empty(B, H, T)
+    _library().attention_forward(q.data_ptr(), k.data_ptr(), v.data_ptr(), y.data_ptr(), lse.data_ptr(),
+                                 B, H, K, T, Dh, Dh ** -0.5)
+    return y, lse
+
+
+def attention_backward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, y: torch.Tensor, lse: torch.Tensor,
+                       grad_y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The gradients of attention_forward: grad_y (B, T, H·Dh) -> dq (B, H, T, Dh), dk, dv (B, K, T, Dh)."""
+    B, H, T, Dh = q.shape
+    K = _check_attention_inputs(q, k, v)
+    for name, t, shape in (("y", y, (B, T, H * Dh)), ("grad_y", grad_y, (B, T, H * Dh)), ("lse", lse, (B, H, T))):
+        if _flag(t) or t.shape != shape:
+            raise ValueError(f"{name} must be fp32 {shape}, got {t.dtype} {tuple(t.shape)}")
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    _library().attention_backward(q.data_ptr(), k.data_ptr(), v.data_ptr(), y.data_ptr(), lse.data_ptr(),
+                                  grad_y.data_ptr(), dq.data_ptr(), dk.data_ptr(), dv.data_ptr(),
+                                  B, H, K, T, Dh, Dh ** -0.5)
+    return dq, dk, dv
+
+
+def _check_attention_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> int:
+    """Contiguous fp32 (B, H, T, Dh) queries and (B, K, T, Dh) keys and values, K dividing H; -> K."""
+    B, H, T, Dh = q.shape
+    K = k.shape[1]
+    if any(_flag(t) for t in (q, k, v)) or k.shape != v.shape or k.shape != (B, K, T, Dh) or H % K:
+        raise ValueError(f"attention takes fp32 q (B, H, T, Dh), k and v (B, K, T, Dh) with K dividing H, "
+                         f"got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
+    return K
 
 
 def cross_entropy_forward(logits: torch.Tensor, targets: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
