@@ -24,7 +24,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
 
 import config  # noqa: E402
 import model_llama  # noqa: E402
@@ -49,13 +48,11 @@ def _heads_of(qkv: torch.Tensor, rope: torch.Tensor, n_head: int, n_kv_head: int
 
 
 # name: (object, attribute, stand-in); each stand-in keeps the shapes and dtypes flowing on.
-# Which attention path runs depends on the precision (model_llama.Attention): bf16 takes the fused
-# CPU kernels (rotary included), fp32 takes apply_rotary + sdpa; the other rows then read ~0.
+# Training attention on CPU (model_llama.Attention) is attention_cpu.causal_attention in both
+# precisions, rotary included: the fp32 C kernel, or bf16 batched matmuls with fused kernels.
 STAND_INS = {
     "RMSNorm (17 per step)": (model_llama.RMSNorm, "forward", lambda self, x: x.to(_autocast_dtype(x), copy=True)),
-    "rotary (PyTorch fallback)": (model_llama, "apply_rotary", lambda x, rope: x.float()),
-    "attention (sdpa, fp32 path)": (F, "scaled_dot_product_attention", lambda q, k, v, **kw: v * 1.0),
-    "attention + rotary (bf16 path)": (model_llama.attention_cpu, "causal_attention", _heads_of),
+    "attention + rotary": (model_llama.attention_cpu, "causal_attention", _heads_of),
     "SwiGLU product": (model_llama.SwiGLUProduct, "apply", lambda gate_up: gate_up.chunk(2, -1)[1] * 1.0),
     # reads one column: the head's backward still gets a full-size gradient, as with any loss
     "cross-entropy": (model_llama, "cross_entropy", lambda logits, targets, **kw: logits[:, 0].float().mean()),
