@@ -237,9 +237,11 @@ static void pack_rows(const float *x, int64_t T, int64_t Tp, int64_t Dh, int64_t
         if (t < T && t * stride + Dp <= (T - 1) * stride + Dh) {
             for (int64_t c = 0; c < Dp / 16 - 1; c++) o[c] = *(const v16u *)(row + 16 * c);
             o[Dp / 16 - 1] = (v16)((v16i) * (const v16u *)(row + Dp - 16) & tail);
-        } else {
+        } else if (t < T) {
             o[Dp / 16 - 1] = (v16){0};
-            if (t < T) copy_row(out + t * Dp, row, Dh, 1.0f);
+            copy_row(out + t * Dp, row, Dh, 1.0f);
+        } else {
+            memset(out + t * Dp, 0, Dp * sizeof(float));
         }
     }
 }
