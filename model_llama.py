@@ -433,17 +433,17 @@ class Llama(nn.Module):
             # change in the middle of one
             if cache.panels is None:
                 cache.panels = self._decoding_panels()
-            panels, widths = cache.panels, self._panel_widths
+            panels = cache.panels
 
             def matmul(h, layer, name, residual=None):
-                return fused_cpu.few_row_matmul(h, panels[layer][name], widths[name], residual)
+                packed, width = panels[layer][name]
+                return fused_cpu.few_row_matmul(h, packed, width, residual)
         else:
             def matmul(h, layer, name, residual=None):
                 weight = self.lm_head.weight.t() if name == "head" else self._block_weight(layer, name)
                 return h @ weight if residual is None else residual_matmul(residual, h, weight, fuse_residual)
         rope = self.rope_table[pos, 0]  # (Dh/2, 2)
-        for i in range(c.n_layer):
-            block = self.blocks[i]
+        for i, block in enumerate(self.blocks):
             qkv = matmul(norm(x, block.attn_norm.weight), i, "qkv").view(B, H + 2 * K, Dh)
             if fused:
                 y = fused_cpu.decode_attention(qkv.float(), cache.kv[i], rope, pos, K)
@@ -459,23 +459,16 @@ class Llama(nn.Module):
         return {"qkv": block.attn.qkv, "out": block.attn.out, "gate_up": block.mlp.gate_up,
                 "down": block.mlp.down}[name].weight
 
-    @property
-    def _panel_widths(self) -> dict[str, int]:
-        """Output columns of each matrix decode_step multiplies by."""
-        c = self.config
-        Dh = c.n_embd // c.n_head
-        return {"qkv": (c.n_head + 2 * c.n_kv_head) * Dh, "out": c.n_embd, "gate_up": 2 * c.ffn_hidden,
-                "down": c.n_embd, "head": c.vocab_size}
-
     @torch.no_grad()
     def _decoding_panels(self) -> list[dict[str, torch.Tensor]]:
-        """Every weight decode_step multiplies by, packed by fused_cpu.pack_for_decoding: per layer a
-        dict by name, the head last. A second copy of the weights, as large as the model; 13-28 ms
-        for the 14M model, the time of a few decoding steps."""
-        panels = [{name: fused_cpu.pack_for_decoding(self._block_weight(i, name))
-                   for name in ("qkv", "out", "gate_up", "down")} for i in range(self.config.n_layer)]
-        panels.append({"head": fused_cpu.pack_for_decoding(self.lm_head.weight.t())})
-        return panels
+        """Every weight decode_step multiplies by, as (fused_cpu.pack_for_decoding's panels, output
+        columns): per layer a dict by name, the head last. A second copy of the weights, as large as
+        the model; 13-28 ms for the 14M model, the time of a few decoding steps."""
+        def pack(weight):
+            return fused_cpu.pack_for_decoding(weight), weight.shape[1]
+        panels = [{name: pack(self._block_weight(i, name)) for name in ("qkv", "out", "gate_up", "down")}
+                  for i in range(self.config.n_layer)]
+        return panels + [{"head": pack(self.lm_head.weight.t())}]
 
     def _decode_attention(self, qkv: torch.Tensor, cache: KVCache, layer: int, pos: int,
                           rope: torch.Tensor) -> torch.Tensor:
