@@ -460,7 +460,7 @@ class Llama(nn.Module):
                 "down": block.mlp.down}[name].weight
 
     @torch.no_grad()
-    def _decoding_panels(self) -> list[dict[str, torch.Tensor]]:
+    def _decoding_panels(self) -> list[dict[str, tuple[torch.Tensor, int]]]:
         """Every weight decode_step multiplies by, as (fused_cpu.pack_for_decoding's panels, output
         columns): per layer a dict by name, the head last. A second copy of the weights, as large as
         the model; 13-28 ms for the 14M model, the time of a few decoding steps."""

@@ -13,7 +13,7 @@
     attention_backward(q, k, v, y, lse, dy) -> dq, dk, dv
     cross_entropy_forward(logits, targets) -> per-row losses, d losses / d logits
     rms_norm_inference(x, w, eps), decode_attention(qkv, cache, rope, pos, K),
-    pack_for_decoding(w), few_row_matmul(x, packed, residual)
+    pack_for_decoding(w), few_row_matmul(x, packed, n_out, residual)
         a decoding step's pieces, fp32 (see Llama.decode_step)
     applies(t, *dtypes)                 whether to use these kernels for CPU tensor t (and dtypes)
 
