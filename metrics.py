@@ -4,11 +4,12 @@ the machine's measured matmul peak that MFU is computed against."""
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 
 import torch
+
+from atomic import append_line, atomic_file, atomic_write_text, read_lines
 
 
 def measure_peak_flops(device: torch.device, dtype: torch.dtype, size: int = 2048, seconds: float = 1.0) -> float:
@@ -34,15 +35,17 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype, size: int = 204
 class MetricsLog:
     """Appends one JSON object per line to OUT_DIR/metrics.jsonl (and to wandb/tensorboard if asked).
 
-    On resume the file is cut back to the checkpoint's step, so a run killed after its last
-    checkpoint does not leave rows that the resumed run will write again."""
+    Each row is appended and fsynced on its own (atomic.append_line), so a run killed at any moment
+    leaves every earlier row intact and at most a torn last line, which readers skip. On resume the
+    file is cut back to the checkpoint's step (rewritten atomically), so a run killed after its
+    last checkpoint does not leave rows that the resumed run will write again."""
 
     def __init__(self, out_dir: str | Path, resume_step: int | None, wandb_project: str = "",
                  tensorboard: bool = False, run_config: dict | None = None):
         self.path = Path(out_dir) / "metrics.jsonl"
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if resume_step is None:
-            self.path.write_text("")
+            atomic_write_text(self.path, "")
         else:
             self._truncate_after(resume_step)
         self.wandb = self.tb = None
@@ -63,15 +66,11 @@ class MetricsLog:
     def _truncate_after(self, step: int) -> None:
         if not self.path.exists():
             return
-        kept = [line for line in self.path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= step]
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(line + "\n" for line in kept))
-        os.replace(tmp, self.path)
+        kept = [row for row in read_metrics(self.path) if row.get("step", 0) <= step]
+        atomic_write_text(self.path, "".join(json.dumps(row) + "\n" for row in kept))
 
     def write(self, row: dict) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(row) + "\n")
+        append_line(self.path, json.dumps(row))
         if self.wandb is not None:
             self.wandb.log({k: v for k, v in row.items() if k != "step"}, step=row["step"])
         if self.tb is not None:
@@ -87,7 +86,19 @@ class MetricsLog:
 
 
 def read_metrics(path: str | Path) -> list[dict]:
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+    """The rows of a metrics.jsonl; a torn last line (a run killed mid-write) is skipped."""
+    if not Path(path).exists():
+        raise FileNotFoundError(f"{path}: no metrics file (a run folder has one once training has logged)")
+    rows = []
+    for number, line in enumerate(read_lines(path), start=1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}:{number}: not a JSON row ({e.msg}); only the last line of a metrics "
+                             f"file can be torn by a crash, so this file was damaged otherwise") from None
+    return rows
 
 
 def plot_losses(metrics_path: str | Path, png_path: str | Path, title: str = "") -> None:
@@ -110,8 +121,8 @@ def plot_losses(metrics_path: str | Path, png_path: str | Path, title: str = "")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    png_path = Path(png_path)
-    tmp = png_path.with_name(png_path.stem + ".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, png_path)
+    try:
+        with atomic_file(png_path) as f:
+            fig.savefig(f, format="png")
+    finally:
+        plt.close(fig)
