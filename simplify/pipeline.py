@@ -27,11 +27,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from simplify.cache import AnswerCache, cache_key
+from atomic import atomic_jsonl, atomic_write_json
+from config import setting
+from llm import AnswerCache, ChatClient, ClientError, FatalClientError, cache_key
+from simplify import GENRES
 from simplify.chunk import Chunk, chunk_document, join_chunks
 from simplify.clean import Cleaner
-from simplify.client import ChatClient, ClientError, FatalClientError
-from simplify.io import AtomicWriter, Document, iter_documents, write_json_atomic
+from simplify.io import Document, iter_documents
 from simplify.prompts import PROMPT_VERSION, build_messages
 from simplify.stats import Tally
 from simplify.validate import Limits, Rejected, validate
@@ -40,31 +42,41 @@ from simplify.vocab import core_vocab
 log = logging.getLogger("simplify.pipeline")
 
 
+def known_genres(genres: str | tuple[str, ...]) -> str | None:
+    """config.setting's check for a genre or genres: None when each is known (or empty)."""
+    unknown = [g for g in ((genres,) if isinstance(genres, str) else genres) if g and g not in GENRES]
+    return f"must be among {', '.join(GENRES)} (unknown: {', '.join(unknown)})" if unknown else None
+
+
 @dataclass
-class RunSettings:
+class RunConfig:
     input: str = ""                 # a .jsonl/.jsonl.zst/.json.zst file or a folder (TinyHelen layout)
     split: str = ""                 # only files in a folder of this name (train, validation, test)
-    genres: tuple[str, ...] = ()    # only these genres (from file names); empty: all
-    genre: str = ""                 # force one genre for every file (e.g. a plain JSONL of web text)
-    limit_docs: int = 0             # stop after this many documents (0: all)
+    genres: tuple[str, ...] = setting((), check=known_genres)  # only these (from file names); empty: all
+    genre: str = setting("", check=known_genres)  # force one genre for every file (e.g. a plain JSONL)
+    limit_docs: int = setting(0, min=0)  # stop after this many documents (0: all)
     output_dir: str = "simplify_out"
     cache_dir: str = ""             # default: OUTPUT_DIR/cache
     base_url: str = ""              # OpenAI-compatible endpoint, or $TINYHELEN_BASE_URL; empty: embedded model
     model: str = ""                 # or $TINYHELEN_MODEL
     key_env: str = "TINYHELEN_API_KEY"  # the NAME of the variable holding the key (never the key)
-    concurrency: int = 4
-    timeout_s: float = 120.0
-    max_attempts: int = 5           # HTTP attempts per request (429, 5xx, dropped connections)
-    backoff_s: float = 1.0          # first retry delay; doubles on each attempt
-    answer_attempts: int = 3        # fresh answers asked for when validation fails
-    temperature: float = 0.2
-    max_tokens: int = 0             # 0: twice the chunk's tokens plus 64, at most 2048
-    budget: int = 0                 # token budget per chunk; 0: per-genre default (300 / 600)
-    min_ratio: float = 0.3
-    max_ratio: float = 3.0
-    max_oov_share: float = 0.25
+    concurrency: int = setting(4, min=1)
+    timeout_s: float = setting(120.0, above=0)
+    max_attempts: int = setting(5, min=1)  # HTTP attempts per request (429, 5xx, dropped connections)
+    backoff_s: float = setting(1.0, min=0)  # first retry delay; doubles on each attempt
+    answer_attempts: int = setting(3, min=1)  # fresh answers asked for when validation fails
+    temperature: float = setting(0.2, min=0, max=2)
+    max_tokens: int = setting(0, min=0)  # 0: twice the chunk's tokens plus 64, at most 2048
+    budget: int = setting(0, min=0)  # token budget per chunk; 0: per-genre default (300 / 600)
+    min_ratio: float = setting(0.3, above=0)  # answer words / input words within [min_ratio, max_ratio]
+    max_ratio: float = setting(3.0, above=0)
+    max_oov_share: float = setting(0.25, min=0, max=1)
     keep_partial: bool = False      # write documents with some chunks rejected (minus those chunks)
     progress: bool = True
+
+    def __post_init__(self):
+        if self.min_ratio >= self.max_ratio:
+            raise ValueError(f"min_ratio ({self.min_ratio}) must be below max_ratio ({self.max_ratio})")
 
 
 @dataclass
@@ -79,7 +91,7 @@ class ChunkResult:
 class Simplifier:
     """Turns one chunk into a validated answer, through the cache and the client."""
 
-    def __init__(self, cfg: RunSettings, client: ChatClient, cache: AnswerCache, model: str):
+    def __init__(self, cfg: RunConfig, client: ChatClient, cache: AnswerCache, model: str):
         self.cfg, self.client, self.cache, self.model = cfg, client, cache, model
         self.vocab = core_vocab()
         self.limits = Limits(cfg.min_ratio, cfg.max_ratio, cfg.max_oov_share)
@@ -153,7 +165,7 @@ def _output_text(genre: str, fields: dict) -> str:
     return "\n".join(v for v in fields.values() if isinstance(v, str))
 
 
-def run(cfg: RunSettings, client: ChatClient, model: str) -> dict:
+def run(cfg: RunConfig, client: ChatClient, model: str) -> dict:
     """Simplify cfg.input through client; write outputs and return the report."""
     out_dir = Path(cfg.output_dir)
     cache = AnswerCache(cfg.cache_dir or out_dir / "cache")
@@ -167,9 +179,9 @@ def run(cfg: RunSettings, client: ChatClient, model: str) -> dict:
     docs = iter_documents(cfg.input, cfg.split, cfg.genres, cfg.genre)
     bar = tqdm(desc="simplifying", unit="chunk", disable=not cfg.progress, file=sys.stderr)
     with ExitStack() as stack:
-        out = stack.enter_context(AtomicWriter(out_dir / "out.jsonl"))
-        rej = stack.enter_context(AtomicWriter(out_dir / "rejects.jsonl"))
-        drop = stack.enter_context(AtomicWriter(out_dir / "dropped.jsonl"))
+        out = stack.enter_context(atomic_jsonl(out_dir / "out.jsonl"))
+        rej = stack.enter_context(atomic_jsonl(out_dir / "rejects.jsonl"))
+        drop = stack.enter_context(atomic_jsonl(out_dir / "dropped.jsonl"))
         pool = stack.enter_context(ThreadPoolExecutor(max_workers=max(1, cfg.concurrency)))
         stack.callback(bar.close)
         for batch in _batches(_limited(docs, cfg.limit_docs), max(32, 8 * cfg.concurrency)):
@@ -179,7 +191,7 @@ def run(cfg: RunSettings, client: ChatClient, model: str) -> dict:
                 cleaned, reason = cleaner(doc)
                 if cleaned is None:
                     dropped[reason] += 1
-                    drop.write_row({"id": doc.id, "genre": doc.genre, "source": doc.source, "reason": reason})
+                    drop.write({"id": doc.id, "genre": doc.genre, "source": doc.source, "reason": reason})
                     continue
                 chunks = chunk_document(cleaned, cfg.budget)
                 bar.total = (bar.total or 0) + len(chunks)
@@ -202,7 +214,7 @@ def run(cfg: RunSettings, client: ChatClient, model: str) -> dict:
               "complexity_in": complexity_in.measures(), "complexity_out": complexity_out.measures()}
     for key in ("documents_in", "documents_out", "documents_rejected", "chunks_in", "chunks_out"):
         report.setdefault(key, 0)
-    write_json_atomic(out_dir / "report.json", report)
+    atomic_write_json(out_dir / "report.json", report)
     return report
 
 
@@ -225,16 +237,16 @@ def _record(doc, results, out, rej, counts, rejects, complexity_in, complexity_o
                 complexity_out.add(_output_text(doc.genre, r.fields), vocab)
     for r in failed:
         rejects[r.reason] += 1
-        rej.write_row({"id": doc.id, "genre": doc.genre, "chunk": r.chunk.index, "reason": r.reason,
+        rej.write({"id": doc.id, "genre": doc.genre, "chunk": r.chunk.index, "reason": r.reason,
                        "detail": r.detail, "attempts": r.attempts, "source": doc.source, "input": r.chunk.fields})
     if not failed or keep_partial and len(failed) < len(results):
-        out.write_row(assemble(doc, results))
+        out.write(assemble(doc, results))
         counts["documents_out"] += 1
     else:
         counts["documents_rejected"] += 1
 
 
-def endpoint_from(cfg: RunSettings) -> tuple[str, str]:
+def endpoint_from(cfg: RunConfig) -> tuple[str, str]:
     """(base_url, model) from the settings, else the environment; ("", "") means embedded."""
     return (cfg.base_url or os.environ.get("TINYHELEN_BASE_URL", ""),
             cfg.model or os.environ.get("TINYHELEN_MODEL", ""))

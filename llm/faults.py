@@ -3,9 +3,11 @@
 Retries, rejects and resuming can only be trusted when they have been seen to work against the
 failures a real endpoint produces: 429s, 500s, slow answers, dropped connections, cut-off JSON
 and answers in the wrong shape. This server produces each of them on demand, and otherwise
-answers like an obliging model: short sentences of very common words, the same ### sections as
-the request, code blocks kept, DIFFICULTY for math. Faults are scripted per chunk (keyed by a
-marker string found in the request) so that concurrent workers cannot make a test flaky.
+answers like an obliging model: by default simple_answer (short sentences of very common words,
+the same ### sections as the request, code blocks kept, DIFFICULTY for math: what the simplify
+pipeline asks for), or whatever the `answer` function given to FaultServer returns for the last
+message. Faults are scripted per request (keyed by a marker string found in it) so that
+concurrent workers cannot make a test flaky.
 
 Fault names: 429, 500, 503, timeout (answers after `slow_s`), drop (closes the connection
 without a word), truncate (a body cut in half), wrong_format, refusal, echo (returns the input
@@ -20,6 +22,7 @@ import socket
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Callable
 
 # Sentences of very common words, none repeated for a thousand sentences (7, 11, 13 are coprime).
 _WHO = ("The man", "The girl", "My dog", "A little boy", "Her mother", "The old cat", "Our friend")
@@ -61,8 +64,10 @@ def _simple_words(n_in: int, start: int = 0) -> str:
 class FaultServer:
     """`with FaultServer() as fake: fake.base_url` ... `fake.plan("marker", ["429", "ok"])`."""
 
-    def __init__(self, require_key: str = "", slow_s: float = 2.0):
+    def __init__(self, require_key: str = "", slow_s: float = 2.0,
+                 answer: Callable[[str], str] | None = None):
         self.require_key, self.slow_s = require_key, slow_s
+        self.answer = answer or simple_answer  # the last message's text -> the answer's text
         self.faults: dict[str, list[str]] = {}   # marker -> faults, consumed in order
         self.default: list[str] = []             # consumed by requests that match no marker
         self.requests: list[dict] = []           # what was asked (bodies, whether a key came)
@@ -126,7 +131,7 @@ class FaultServer:
                            "refusal": "I'm sorry, but I can't help with that.",
                            "echo": prompt.rsplit("\n\n", 1)[0]}.get(fault)
                 if content is None:
-                    content = simple_answer(prompt)
+                    content = server.answer(prompt)
                 payload = json.dumps({"id": "x", "object": "chat.completion", "model": body.get("model"),
                                       "choices": [{"index": 0, "finish_reason": "stop",
                                                    "message": {"role": "assistant", "content": content}}]})

@@ -1,19 +1,21 @@
 """Content-addressed answer cache: what made an answer decides where it is stored.
 
-The key is the sha256 of the prompt version, the exact messages (so the chunk and the genre
-prompt), the model and every sampling setting. A restarted run with the same command finds every
-answer it already paid for; a changed prompt or setting finds nothing stale. Files are written
-to a temporary name and renamed, so a crash leaves either the whole answer or none. Only the
-answer text and its model are stored: never a key, a header or an endpoint.
+The key is the sha256 of everything that produced the answer: for simplify, the prompt version,
+the exact messages (so the chunk and the genre prompt), the model and every sampling setting. A
+restarted run with the same command finds every answer it already paid for; a changed prompt or
+setting finds nothing stale. One small file per answer, written through atomic.py (temp file,
+fsync, rename, folder fsync), so a crash leaves the whole answer or none and worker threads never
+share a file. Only the answer text and its model are stored: never a key, a header or an endpoint.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import threading
 from pathlib import Path
+
+from atomic import atomic_write_json
 
 
 def cache_key(**parts) -> str:
@@ -44,8 +46,4 @@ class AnswerCache:
         return value
 
     def put(self, key: str, value: dict) -> None:
-        path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{key}.{os.getpid()}.{threading.get_ident()}.tmp")
-        tmp.write_text(json.dumps(value, ensure_ascii=False), encoding="utf-8")
-        os.replace(tmp, path)
+        atomic_write_json(self.path(key), value, indent=None)

@@ -4,8 +4,8 @@ import logging
 
 import pytest
 
-from simplify.client import ChatClient, ClientError, FatalClientError
-from simplify.faults import FaultServer
+from llm import ChatClient, ClientError, FatalClientError
+from llm.faults import FaultServer
 
 FAKE_KEY = "sk-test-FAKE-KEY-0123456789abcdef"
 MESSAGES = [{"role": "user", "content": "The feline reposed upon the rug.\n\nRewrite the text above."}]
@@ -63,3 +63,12 @@ def test_key_falls_back_to_openai_variable(monkeypatch):
 def test_rejects_a_url_without_scheme():
     with pytest.raises(ValueError, match="http://127.0.0.1:8000/v1"):
         ChatClient("127.0.0.1:8000/v1")
+
+
+def test_fault_server_answers_with_the_given_function():
+    # The judge scripts its own answers; the faults still come first.
+    with FaultServer(answer=lambda prompt: f"SCORE: {len(prompt.split())}") as fake:
+        fake.default = ["503"]
+        client = client_for(fake)
+        assert client.complete(MESSAGES) == "SCORE: 10"
+    assert client.requests_sent == 2

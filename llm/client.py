@@ -4,7 +4,7 @@ Hosted APIs throttle (429), fail (5xx), drop connections and now and then send h
 every call retries with exponential backoff and jitter, honours Retry-After, and gives up after a
 fixed number of attempts with an error that says what happened last. A refusal of the request
 itself (400, 401, 403, 404) is not retried: asking again cannot fix a wrong key or model name, so
-it stops the run with a message that says what to fix.
+it raises FatalClientError with a message that says what to fix.
 
 The API key comes from the environment only. It is sent as a Bearer header and appears nowhere
 else: not in repr(), not in log lines, not in exception messages (each is scrubbed of it), and the
@@ -21,7 +21,7 @@ import time
 
 import requests
 
-log = logging.getLogger("simplify.client")
+log = logging.getLogger("llm.client")
 
 KEY_ENV_VARS = ("TINYHELEN_API_KEY", "OPENAI_API_KEY")
 
