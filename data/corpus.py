@@ -1,15 +1,18 @@
-"""Reading a folder laid out like the TinyHelen release into plain training documents.
+"""Reading the TinyHelen release: the one place that knows its layout, its formats and its quirks.
 
-The release mixes several formats (see ../shared/data/tinyhelen/README.md); this module is the one
-place that knows them, so the rest of the engine sees only `Document(genre, text, path, line)`:
+Everything becomes a `Document`: its genre, the text fields of the row in order, the rest of the row
+(`meta`, carried through untouched so that a label or an idx survives a rewrite by simplify/), and
+where it came from. `Document.text` is the text a model trains on. The files:
 
     ROOT/leaner/10M/SPLIT/GENRE0000.jsonl          JSON lines, plain
     ROOT/ori/10M/SPLIT/GENRE000N.jsonl[.zst]        JSON lines, mostly zstandard-compressed
     ROOT/ori/10M/SPLIT/conversation000N.json.zst    ONE JSON array of strings, not JSON lines
+    ROOT/leaner/glue/TASK_SPLIT.jsonl               Leaner-Glue rows (read by data/tasks.py)
 
-and the text to train on depends on the genre: `text` for most; the ori wiki rows are `{"<idx>": text}`;
-code rows become `### CODING INPUT:\\n{prompt}\\n\\n### RESPONSE:\\n{response}` and math rows
-`### MATH INPUT:\\n{problem}\\n\\n### RESPONSE:\\n{hints joined by newlines}`.
+The text fields depend on the genre: `text` for most; the ori wiki rows are `{"<idx>": text}`; code
+rows are `prompt` + `response` and train as `### CODING INPUT:\\n{prompt}\\n\\n### RESPONSE:\\n{response}`,
+math rows `problem` + `hints` as `### MATH INPUT:\\n{problem}\\n\\n### RESPONSE:\\n{hints joined by
+newlines}`, instruction rows `instruction`, `input`, `response` as `### TASK INPUT:\\n...`.
 
 Reading streams line by line (also through zstd), so memory stays small whatever the file size; only
 the conversation array must be parsed whole. Order is deterministic: genres in GENRES order, files
@@ -21,32 +24,107 @@ from __future__ import annotations
 import io
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable, Iterator, TextIO
 
 import zstandard
 
-GENRES = ("web", "book", "wiki", "textbook", "conversation", "code", "math")
+GENRES = ("web", "book", "wiki", "textbook", "conversation", "code", "math")  # Leaner-Pretrain
+TEXT_GENRES = GENRES + ("instruction", "glue")  # every kind of row simplify/ can rewrite
 SPLITS = ("train", "validation", "test")
 CORPORA = ("leaner", "ori")
 DEFAULT_SCALE = "10M"
+SUFFIXES = (".jsonl", ".jsonl.zst", ".json", ".json.zst")
 
 CODE_TEMPLATE = "### CODING INPUT:\n{prompt}\n\n### RESPONSE:\n{response}"
 MATH_TEMPLATE = "### MATH INPUT:\n{problem}\n\n### RESPONSE:\n{hints}"
+TASK_TEMPLATE = "### TASK INPUT:\n{task}\n\n### RESPONSE:\n{response}"
 _FILE_NAME = re.compile(r"^(?P<genre>[a-z]+)\d*\.(?P<kind>jsonl|json)(?P<zst>\.zst)?$")
+
+
+@dataclass(frozen=True)
+class GlueTask:
+    """One Leaner-Glue task: its text fields in order, its labels, and how GLUE scores it."""
+    name: str
+    text_fields: tuple[str, ...]
+    labels: tuple[str, ...]           # class names by label id; () for regression (stsb: a float 0-5)
+    splits: tuple[str, ...]           # the file names' SPLIT part, as the release names them
+    metrics: tuple[str, ...]
+
+    @property
+    def num_labels(self) -> int:
+        return len(self.labels) or 1
+
+    @property
+    def regression(self) -> bool:
+        return not self.labels
+
+
+_TV = ("train", "validation")
+GLUE_TASKS = {t.name: t for t in (
+    GlueTask("cola", ("sentence",), ("unacceptable", "acceptable"), _TV, ("mcc", "accuracy")),
+    GlueTask("sst2", ("sentence",), ("negative", "positive"), _TV, ("accuracy",)),
+    GlueTask("mrpc", ("sentence1", "sentence2"), ("not_equivalent", "equivalent"), _TV, ("accuracy", "f1")),
+    GlueTask("qqp", ("question1", "question2"), ("not_duplicate", "duplicate"), _TV, ("accuracy", "f1")),
+    GlueTask("stsb", ("sentence1", "sentence2"), (), _TV, ("pearson", "spearman")),
+    GlueTask("mnli", ("premise", "hypothesis"), ("entailment", "neutral", "contradiction"),
+             ("train", "validation_matched", "validation_mismatched"), ("accuracy",)),
+    GlueTask("qnli", ("question", "sentence"), ("entailment", "not_entailment"), _TV, ("accuracy",)),
+    GlueTask("rte", ("sentence1", "sentence2"), ("entailment", "not_entailment"), _TV, ("accuracy",)),
+    GlueTask("wnli", ("sentence1", "sentence2"), ("not_entailment", "entailment"), _TV, ("accuracy",)),
+)}
+GLUE_TEXT_FIELDS = tuple(dict.fromkeys(f for t in GLUE_TASKS.values() for f in t.text_fields))
 
 
 class DataError(ValueError):
     """The data on disk is missing or not in the expected format; the message says where and how to fix."""
 
 
-@dataclass(frozen=True)
+def task_prompt(instruction: str, input: str = "") -> str:
+    """What an instruction-tuned model is given: the task, then the header its answer follows."""
+    task = "\n".join(t for t in (instruction, input) if t)
+    return TASK_TEMPLATE.format(task=task, response="")
+
+
+def render_text(genre: str, fields: dict[str, str]) -> str:
+    """The text a model trains on for a row's text fields, in the TinyHelen templates."""
+    if genre == "code":
+        if "response" not in fields:
+            # The README says ori train code rows lack a response (every row of the current release has
+            # one): the prompt alone then, rather than a dangling header.
+            return f"### CODING INPUT:\n{fields.get('prompt', '')}"
+        return CODE_TEMPLATE.format(prompt=fields.get("prompt", ""), response=fields["response"])
+    if genre == "math":
+        return MATH_TEMPLATE.format(problem=fields.get("problem", ""), hints=fields.get("hints", ""))
+    if genre == "instruction":
+        return task_prompt(fields.get("instruction", ""), fields.get("input", "")) + fields.get("response", "")
+    if len(fields) == 1:
+        (text,) = fields.values()
+        return text
+    return "\n".join(v for v in fields.values() if v)
+
+
+@dataclass
 class Document:
+    id: str                                    # the row's id/hash/idx, else "FILE:LINE"
     genre: str
-    text: str
-    path: str
-    line: int  # 1-based line of a JSON-lines file, or 1-based position in a JSON array file
+    fields: dict[str, str]                     # the row's text fields, in order
+    meta: dict = field(default_factory=dict)   # the rest of the row, carried through unchanged
+    path: str = ""
+    line: int = 0  # 1-based line of a JSON-lines file, or 1-based position in a JSON array file
+
+    @property
+    def text(self) -> str:
+        return render_text(self.genre, self.fields)
+
+    def train_text(self) -> str:
+        return self.text
+
+    @property
+    def source(self) -> str:
+        """"FILE:LINE", for messages and reject logs."""
+        return f"{self.path}:{self.line}" if self.path else ""
 
 
 # ---- finding files --------------------------------------------------------------------------------
@@ -62,10 +140,9 @@ def split_dir(root: str | Path, corpus: str = "leaner", split: str = "train",
     folder = root / corpus / scale / split
     if not folder.is_dir():
         what = "TinyHelen data folder" if not root.is_dir() else "folder"
-        raise DataError(
-            f"{what} not found: expected {folder} (files like {folder}/book0000.jsonl). Pass "
-            f"--data_root=PATH to a copy of the TinyHelen release (e.g. ../shared/data/tinyhelen), or leave "
-            f"data_root empty so that python data/prepare.py downloads it.")
+        # No flag is named here: each entry point that reads a folder says how to give it one.
+        raise DataError(f"{what} not found: expected {folder} (files like {folder}/book0000.jsonl); give "
+                        f"the path of a copy of the TinyHelen release (e.g. ../shared/data/tinyhelen)")
     return folder
 
 
@@ -123,8 +200,8 @@ class _ZstdReader(io.RawIOBase):
             data = self._file.read(1 << 20)
             if not data:
                 if self._in_frame:
-                    raise DataError(f"{self._path}: the zstd data stops in the middle of a frame: the file "
-                                    f"is truncated; fetch it again")
+                    raise DataError(f"{self._path}: the zstd data stops in the middle of a frame (a truncated "
+                                    f"file); copy or download it again")
                 return 0
             self._out, self._pos = self._decompress(data), 0
         n = min(len(buffer), len(self._out) - self._pos)
@@ -159,9 +236,16 @@ def _snippet(text: str, width: int = 80) -> str:
     return repr(text[:width] + ("..." if len(text) > width else ""))
 
 
+def _check_file(path: Path) -> None:
+    if not path.is_file():
+        what = "a folder, not a file" if path.is_dir() else "no such file"
+        raise DataError(f"{path}: {what} (expected a .jsonl, .jsonl.zst, .json or .json.zst file)")
+
+
 def iter_json_lines(path: str | Path) -> Iterator[tuple[int, dict]]:
     """(line number, row) for each non-blank line of a JSON-lines file, .zst or plain."""
     path = Path(path)
+    _check_file(path)
     lineno = 0
     try:
         with _open_text(path) as f:
@@ -171,8 +255,9 @@ def iter_json_lines(path: str | Path) -> Iterator[tuple[int, dict]]:
                 try:
                     row = json.loads(line)
                 except json.JSONDecodeError as e:
-                    raise DataError(f"{path}:{lineno}: malformed JSON line ({e.msg} at column {e.colno}): "
-                                    f"{_snippet(line.strip())}. Fix or delete that line.") from None
+                    raise DataError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno}): "
+                                    f"{_snippet(line.strip())}. Each line of a JSON-lines file must be one "
+                                    f"JSON object: fix or delete that line.") from None
                 if not isinstance(row, dict):
                     raise DataError(f"{path}:{lineno}: expected a JSON object per line, got "
                                     f"{type(row).__name__}: {_snippet(line.strip())}")
@@ -183,64 +268,114 @@ def iter_json_lines(path: str | Path) -> Iterator[tuple[int, dict]]:
         raise DataError(f"{path}: cannot read ({e}); the file may be truncated, fetch it again") from None
 
 
-def _field(row: dict, name: str, path: Path, lineno: int, kind=str):
-    if name not in row:
-        fields = ", ".join(map(repr, row)) or "none"
-        raise DataError(f"{path}:{lineno}: row has no {name!r} field (its fields: {fields})")
-    value = row[name]
-    if not isinstance(value, kind):
-        expected = " or ".join(k.__name__ for k in (kind if isinstance(kind, tuple) else (kind,)))
-        raise DataError(f"{path}:{lineno}: field {name!r} is {type(value).__name__}, expected {expected}")
-    return value
-
-
-def row_text(genre: str, row: dict, path: Path, lineno: int) -> str:
-    """The training text of one row of a genre's file (see the module docstring for the rules)."""
-    if genre == "code":
-        prompt = _field(row, "prompt", path, lineno)
-        if row.get("response") is None:
-            # The README says ori train code rows lack a response; every row of the current release has
-            # one, but if it is absent we keep the prompt alone rather than a dangling header.
-            return f"### CODING INPUT:\n{prompt}"
-        return CODE_TEMPLATE.format(prompt=prompt, response=_field(row, "response", path, lineno))
-    if genre == "math":
-        hints = _field(row, "hints", path, lineno, kind=(list, str))
-        if isinstance(hints, list) and not all(isinstance(h, str) for h in hints):
-            raise DataError(f"{path}:{lineno}: field 'hints' must be a list of strings")
-        hints = hints if isinstance(hints, str) else "\n".join(hints)
-        return MATH_TEMPLATE.format(problem=_field(row, "problem", path, lineno), hints=hints)
-    if genre == "wiki" and "text" not in row and len(row) == 1:
-        (text,) = row.values()  # ori wiki: {"<idx>": text}
-        if isinstance(text, str):
-            return text
-    return _field(row, "text", path, lineno)
-
-
-def _iter_json_array(path: Path, genre: str) -> Iterator[Document]:
+def _iter_json_array(path: Path) -> Iterator[tuple[int, str | dict]]:
     """The ori conversation file: one JSON array of strings (small enough to load whole)."""
     try:
         with _open_text(path) as f:
             items = json.load(f)
     except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{e.lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
+        raise DataError(f"{path}:{e.lineno}: not valid JSON ({e.msg} at column {e.colno}); a .json file "
+                        f"must hold one JSON array of strings or objects") from None
     except (UnicodeDecodeError, OSError, zstandard.ZstdError) as e:
         raise DataError(f"{path}: cannot read ({e}); the file may be truncated, fetch it again") from None
     if not isinstance(items, list):
         raise DataError(f"{path}: expected one JSON array of strings, got {type(items).__name__}")
-    for i, text in enumerate(items, 1):
-        if not isinstance(text, str):
-            raise DataError(f"{path}: item {i} of the array is {type(text).__name__}, expected a string")
-        yield Document(genre, text, str(path), i)
+    for i, item in enumerate(items, 1):
+        if not isinstance(item, (str, dict)):
+            raise DataError(f"{path}: item {i} of the array is {type(item).__name__}, expected a string")
+        yield i, item
 
 
-def iter_file(path: str | Path, genre: str) -> Iterator[Document]:
-    """Documents of one data file of the given genre, whatever its format."""
+def iter_rows(path: str | Path) -> Iterator[tuple[int, str | dict]]:
+    """(line, or position in an array, from 1; parsed row) for a JSON-lines or a JSON-array file."""
     path = Path(path)
+    _check_file(path)
     if path.name.removesuffix(".zst").endswith(".json"):
-        yield from _iter_json_array(path, genre)
-        return
-    for lineno, row in iter_json_lines(path):
-        yield Document(genre, row_text(genre, row, path, lineno), str(path), lineno)
+        return _iter_json_array(path)
+    return iter_json_lines(path)
+
+
+def take_field(row: dict, name: str, where: str, what: str = "row", kind=str, required: bool = True):
+    """Remove row[name] and return it, checked to be of the given type(s); None if absent and optional."""
+    if name not in row or (row[name] is None and not required):
+        if not required:
+            return None
+        fields = ", ".join(map(repr, row)) or "none"
+        raise DataError(f"{where}: a {what} needs a field {name!r} (its fields: {fields}); fix the row")
+    value = row.pop(name)
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):  # True is an int
+        raise DataError(f"{where}: field {name!r} is {type(value).__name__} {_snippet(repr(value), 40)}, "
+                        f"expected {' or '.join(k.__name__ for k in kinds)}")
+    return value
+
+
+def _row_id(row: dict, fallback: str) -> str:
+    for key in ("id", "hash", "idx", "problem_idx"):
+        if row.get(key) not in (None, ""):
+            return str(row[key])
+    return fallback
+
+
+def row_to_document(row: str | dict, genre: str, path: str | Path, line: int,
+                    genre_from_row: bool = False) -> Document:
+    """One parsed row of a file of the given genre as a Document (the rules: see the module docstring).
+    genre_from_row: a row's own "genre" field, when it has one, overrides the file's genre."""
+    where = f"{path}:{line}"
+    fallback_id = f"{Path(path).name}:{line}"
+    if isinstance(row, str):  # ori conversations: one string per conversation
+        return Document(fallback_id, genre, {"text": row}, {}, str(path), line)
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected a JSON object or string, found {type(row).__name__}")
+    if len(row) == 1:  # ori wiki rows: {"<idx>": text}
+        ((key, value),) = row.items()
+        if key.isdigit() and isinstance(value, str):
+            return Document(key, genre, {"text": value}, {"idx": int(key)}, str(path), line)
+    meta = dict(row)
+    if genre_from_row and "genre" in meta:
+        genre = take_field(meta, "genre", where)
+    doc_id = _row_id(meta, fallback_id)
+    what = f"{genre} row"
+    fields: dict[str, str] = {}
+    if genre == "code":
+        fields["prompt"] = take_field(meta, "prompt", where, what)
+        if meta.get("response") is not None:
+            fields["response"] = take_field(meta, "response", where, what)
+    elif genre == "math":
+        fields["problem"] = take_field(meta, "problem", where, what)
+        hints = meta.get("hints")
+        if isinstance(hints, list) and all(isinstance(h, str) for h in hints):
+            fields["hints"] = "\n".join(hints)  # the list itself stays in meta, for rewritten outputs
+        elif isinstance(hints, list):
+            raise DataError(f"{where}: field 'hints' must be a list of strings or a string")
+        else:
+            fields["hints"] = take_field(meta, "hints", where, what, kind=(list, str))
+    elif genre == "instruction":
+        fields["instruction"] = take_field(meta, "instruction", where, what)
+        for name, alias in (("input", None), ("response", "output")):
+            value = take_field(meta, name, where, what, required=False)
+            if value is None and alias:
+                value = take_field(meta, alias, where, what, required=False)
+            if value is not None:
+                fields[name] = value
+    elif genre == "glue":
+        fields = {k: meta.pop(k) for k in [k for k in meta if k in GLUE_TEXT_FIELDS]
+                  if isinstance(meta[k], str)}
+        if not fields:
+            raise DataError(f"{where}: a glue row needs a text field ({', '.join(GLUE_TEXT_FIELDS)}); its "
+                            f"fields: {', '.join(map(repr, meta)) or 'none'}")
+    else:
+        if "text" not in meta:
+            raise DataError(f"{where}: a {genre} row needs a text field 'text' (its fields: "
+                            f"{', '.join(map(repr, meta)) or 'none'}); fix the row, or name its genre")
+        fields["text"] = take_field(meta, "text", where, what)
+    return Document(doc_id, genre, fields, meta, str(path), line)
+
+
+def iter_file(path: str | Path, genre: str, genre_from_row: bool = False) -> Iterator[Document]:
+    """Documents of one data file of the given genre, whatever its format."""
+    for line, row in iter_rows(path):
+        yield row_to_document(row, genre, path, line, genre_from_row)
 
 
 def iter_documents(root: str | Path, corpus: str = "leaner", split: str = "train",
@@ -271,19 +406,33 @@ def iter_documents(root: str | Path, corpus: str = "leaner", split: str = "train
 
 
 def iter_jsonl_texts(path: str | Path) -> Iterator[Document]:
-    """Any JSON-lines file (optionally .zst) of {"text": ...} rows, as documents of genre "text"."""
+    """Any JSON-lines file (optionally .zst) of {"text": ...} rows. A row's "genre" field, if any, is its
+    genre (and says which fields hold its text: a math row is read as math); otherwise it is "text"."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"text file not found: {path} (expected JSON lines of {{\"text\": ...}} rows)")
+        raise DataError(f"text file not found: {path} (expected JSON lines of {{\"text\": ...}} rows, each "
+                        f"optionally with a \"genre\")")
     for lineno, row in iter_json_lines(path):
-        yield Document("text", _field(row, "text", path, lineno), str(path), lineno)
+        yield row_to_document(row, "text", path, lineno, genre_from_row=True)
 
 
 def load_texts(path_or_folder: str | Path, corpus: str = "leaner", split: str = "test",
                genres: Iterable[str] | None = None, scale: str = DEFAULT_SCALE) -> list[Document]:
-    """Documents for evaluation: a folder is read as the TinyHelen layout (each document keeps its genre),
-    a file as {"text": ...} rows (genre "text")."""
+    """Documents for evaluation: a folder is read as the TinyHelen layout, a file as {"text": ...} rows
+    (genre "text", or each row's own "genre"). genres keeps only those genres, in either case."""
     path = Path(path_or_folder)
     if path.is_file():
-        return list(iter_jsonl_texts(path))
+        docs = list(iter_jsonl_texts(path))
+        if genres is None:
+            return docs
+        present = list(dict.fromkeys(d.genre for d in docs))
+        for g in genres:
+            if g not in present:
+                raise DataError(f"genre {g!r} has no rows in {path} (genres there: {', '.join(present)})")
+        return [d for d in docs if d.genre in set(genres)]
+    if not path.exists():
+        if path.name.endswith(SUFFIXES):
+            raise DataError(f"text file not found: {path} (expected JSON lines of {{\"text\": ...}} rows)")
+        raise DataError(f"{path} not found: give a JSON-lines file of {{\"text\": ...}} rows or a folder laid "
+                        f"out like the TinyHelen release (e.g. ../shared/data/tinyhelen)")
     return list(iter_documents(path, corpus, split, genres, scale))

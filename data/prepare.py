@@ -89,9 +89,10 @@ def plan_genres(root: Path, cfg: PrepareConfig) -> dict[str, list[str]]:
     for split in SPLITS:
         try:
             present[split] = available_genres(root, cfg.corpus, split, cfg.scale)
-        except DataError:
+        except DataError as e:
             if not Path(root).is_dir():
-                raise
+                raise DataError(f"{e}. Pass --data_root=PATH to such a copy, or leave data_root empty so "
+                                f"that python data/prepare.py downloads it") from None
             print(f"note: {root}/{cfg.corpus}/{cfg.scale}/{split} is missing; "
                   f"the {split} split will be empty")
             present[split] = []
@@ -251,7 +252,7 @@ def main(cfg: PrepareConfig) -> None:
         prepare(cfg)
     except (DataError, DownloadError) as e:
         print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(1) from None
+        raise SystemExit(2 if isinstance(e, DataError) else 1) from None  # 1: the network, not the user
 
 
 if __name__ == "__main__":

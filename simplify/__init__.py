@@ -6,4 +6,4 @@ caches it on disk so that an interrupted run loses nothing. `python -m simplify 
 simple a corpus is; `python -m simplify serve` starts the small embedded llama.cpp model.
 """
 
-GENRES = ("web", "book", "wiki", "textbook", "conversation", "code", "math", "instruction", "glue")
+from data.corpus import TEXT_GENRES as GENRES  # noqa: F401  the pre-training genres, instruction, glue

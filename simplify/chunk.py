@@ -16,7 +16,7 @@ import re
 from dataclasses import dataclass
 from functools import lru_cache
 
-from simplify.io import Document
+from data.corpus import Document
 
 BUDGETS = {"web": 300, "book": 300, "wiki": 300, "textbook": 600, "conversation": 600}
 SPLIT_GENRES = tuple(BUDGETS)

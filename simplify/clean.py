@@ -15,7 +15,7 @@ import re
 import unicodedata
 from dataclasses import replace
 
-from simplify.io import Document
+from data.corpus import Document
 from simplify.vocab import WORD
 
 PLAIN_GENRES = ("web", "book", "wiki", "textbook", "conversation", "instruction", "glue")

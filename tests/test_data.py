@@ -23,8 +23,7 @@ import pytest
 import requests
 import zstandard
 
-from data.corpus import (GENRES, DataError, Document, available_genres, iter_documents, iter_jsonl_texts,
-                         load_texts)
+from data.corpus import GENRES, DataError, available_genres, iter_documents, iter_jsonl_texts, load_texts
 from data.download import MANIFEST, DownloadError, download_file, download_release, release_files, sha256_of
 from data.prepare import PrepareConfig, load_meta, prepare, tokenizer_of
 from data.tokenizer import EOT, Tokenizer, gpt2_byte_to_unicode, load_tokenizer, train_bpe
@@ -165,7 +164,10 @@ def test_mini_release_layout_and_templates():
     assert [d.genre for d in docs] == ["wiki", "wiki", "code", "code"]
     raw = json.loads(read_raw(MINI / "leaner/10M/validation/code0000.jsonl").splitlines()[1])
     want = f"### CODING INPUT:\n{raw['prompt']}\n\n### RESPONSE:\n{raw['response']}"
-    assert docs[3] == Document("code", want, str(MINI / "leaner/10M/validation/code0000.jsonl"), 2)
+    assert (docs[3].genre, docs[3].text, docs[3].path, docs[3].line) == (
+        "code", want, str(MINI / "leaner/10M/validation/code0000.jsonl"), 2)
+    assert docs[3].fields == {"prompt": raw["prompt"], "response": raw["response"]}
+    assert docs[3].meta == {k: v for k, v in raw.items() if k not in ("prompt", "response")}
     conv = list(iter_documents(MINI, "ori", "train", ["conversation"]))
     assert [d.text for d in conv] == json.loads(read_raw(MINI / "ori/10M/train/conversation0000.json.zst"))
 
@@ -200,17 +202,20 @@ def test_real_quirks_against_independent_json_parse(corpus, split):
 
 
 def test_error_missing_folder(tmp_path):
-    with pytest.raises(DataError, match=r"expected .*nowhere.leaner.10M.train.*--data_root"):
+    with pytest.raises(DataError, match=r"expected .*nowhere.leaner.10M.train") as e:
         next(iter_documents(tmp_path / "nowhere"))
+    assert "--" not in str(e.value)  # the reader names no flag: each command has its own way to say where
+    with pytest.raises(DataError, match=r"nowhere.leaner.10M.train.*--data_root=PATH"):
+        prepare(PrepareConfig(data_root=str(tmp_path / "nowhere"), out_dir=str(tmp_path / "out")))
 
 
 def test_error_malformed_line_names_file_and_line():
-    with pytest.raises(DataError, match=r"malformed\.jsonl:2: malformed JSON line .*a second row"):
+    with pytest.raises(DataError, match=r"malformed\.jsonl:2: not valid JSON .*a second row"):
         list(iter_jsonl_texts(FIXTURES / "malformed.jsonl"))
 
 
 def test_error_row_without_text_lists_its_fields():
-    with pytest.raises(DataError, match=r"missing_text\.jsonl:2: row has no 'text' field .*'body', 'id'"):
+    with pytest.raises(DataError, match=r"missing_text\.jsonl:2: a text row needs a text field 'text' .*'body', 'id'"):
         list(iter_jsonl_texts(FIXTURES / "missing_text.jsonl"))
 
 
@@ -337,7 +342,7 @@ def test_prepare_runs_as_a_script(tmp_path, launch):
     bad = subprocess.run([sys.executable, *launch, f"--data_root={MINI}", "--genres=poetry",
                           f"--out_dir={tmp_path / 'bad'}"], cwd=REPO,
                          capture_output=True, text=True, timeout=120)
-    assert bad.returncode != 0 and "unknown genre 'poetry'" in bad.stderr
+    assert bad.returncode == 2 and "unknown genre 'poetry'" in bad.stderr
 
 
 # ---- download, against a local HTTP server ----------------------------------------------------------
