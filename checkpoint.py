@@ -6,20 +6,32 @@ it loads with `torch.load(weights_only=True)` and can never run code:
     optimizer   the optimizer's state_dict (absent in exported/finished models is fine)
     step        optimizer steps taken
     rng         torch (and CUDA) RNG states
-    data        the batch source's position (data/tokens.py)
+    tokens_seen input tokens trained on so far
+    data        the batch source's state (its state_dict; see trainer.py)
+    listeners   the states of the stage's stateful listeners, in order
     config      the whole run config as a dict; config["model"]["__class__"] names the model type
+    data_meta   the meta.json of the prepared data the run trained on (tokenizer, eot id, genres)
+
+load_source reads the weights another run starts from (init_from): a run folder, a ckpt.pt, or a
+`transformers` folder; load_matching_weights copies them into a model by name and reports what was
+loaded, what was new and what was dropped.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
+import json
 import random
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from atomic import atomic_file
+
+# transformers model_type -> our model config class, for init_from on a transformers folder
+HF_MODEL_TYPES = {"llama": "LlamaConfig", "mamba": "MambaConfig", "mamba2": "MambaConfig", "bamba": "MambaConfig"}
 
 # Model config class name -> (module, model class). Imported lazily so a Llama run never needs
 # the Mamba module's dependencies.
@@ -99,3 +111,56 @@ def load_model(path: str | Path, device: str = "cpu") -> tuple[torch.nn.Module, 
     model = build_model(model_config_from_dict(ckpt["config"]["model"]))
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), ckpt
+
+
+@dataclass
+class WeightsSource:
+    """The weights a run starts from (init_from), with the config of the model they belong to."""
+    model_config: object
+    state_dict: dict
+    data_meta: dict   # the source run's prepared-data meta ({} for a transformers folder)
+    path: Path
+
+
+def load_source(path: str | Path) -> WeightsSource:
+    """Weights to start from: a run folder or ckpt.pt of this engine, or a `transformers` folder
+    (config.json + safetensors) of a Llama, Mamba, Mamba-2 or Bamba model."""
+    path = Path(path)
+    if path.is_dir() and not (path / "ckpt.pt").is_file() and (path / "config.json").is_file():
+        model_type = json.loads((path / "config.json").read_text()).get("model_type")
+        if model_type not in HF_MODEL_TYPES:
+            raise CheckpointError(f"{path / 'config.json'}: model_type {model_type!r} cannot be loaded; "
+                                  f"known: {', '.join(HF_MODEL_TYPES)}")
+        _, cls = model_class(HF_MODEL_TYPES[model_type])
+        try:
+            model = cls.from_hf(path)
+        except (ValueError, KeyError) as e:
+            raise CheckpointError(f"{path}: cannot import this transformers model: {e}") from None
+        return WeightsSource(model.config, model.state_dict(), {}, path)
+    if not path.exists():
+        raise CheckpointError(f"init_from {path} does not exist: give a run folder (holding ckpt.pt), a "
+                              f"ckpt.pt file or a transformers folder (holding config.json)")
+    ckpt = load_checkpoint(path)
+    return WeightsSource(model_config_from_dict(ckpt["config"]["model"]), ckpt["model"],
+                         ckpt.get("data_meta", {}), path)
+
+
+def load_matching_weights(model: torch.nn.Module, state_dict: dict, prefix: str = "") -> dict[str, list[str]]:
+    """Copy state_dict into model by name: source key K goes to the model's PREFIX + K.
+
+    Returns {"loaded": [...], "new": [...], "dropped": [...]}: model keys filled from the source,
+    model keys the source lacks (kept at their initial values, e.g. a classifier head), and
+    source keys the model has no place for (e.g. an LM head under a classifier). A name present in
+    both with a different shape is an error: silently keeping a fresh embedding would be a bug."""
+    own = model.state_dict()
+    mapped = {prefix + k: v for k, v in state_dict.items()}
+    mismatched = [f"{k}: {tuple(v.shape)} in the source, {tuple(own[k].shape)} in the model"
+                  for k, v in mapped.items() if k in own and own[k].shape != v.shape]
+    if mismatched:
+        raise CheckpointError("init_from weights do not fit the model: " + "; ".join(mismatched[:5]))
+    loaded = [k for k in own if k in mapped]
+    with torch.no_grad():
+        for k in loaded:
+            own[k].copy_(mapped[k])
+    return {"loaded": loaded, "new": [k for k in own if k not in mapped],
+            "dropped": [k for k in state_dict if prefix + k not in own]}

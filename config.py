@@ -10,8 +10,15 @@ LlamaConfig` and write `model = LlamaConfig(n_layer=8)`). Later files and then `
 overrides win. A field that holds a dataclass (such as `model`) is reached with dots:
 `--model.n_layer=4`.
 
-Every value is checked against the declared type. An unknown key or a value of the wrong type is a
-ConfigError that names where it came from (file and line, or the flag) and lists the valid keys.
+Every value is checked against the declared type, and a field declared with `setting(...)` also
+against its allowed values (`choices`), its range (`min`, `above`, `max`) or a `check` function.
+An unknown key, a value of the wrong type or an out-of-range value is a ConfigError that names where
+it came from (file and line, or the flag) and lists the valid keys or values, so a mistake stops
+the command before any compute:
+
+    decay: str = setting("cosine", choices=("cosine", "linear", "constant"))
+    max_steps: int = setting(1000, min=1)
+    lr: float = setting(1e-3, above=0)
 """
 
 from __future__ import annotations
@@ -36,6 +43,40 @@ _FALSE = {"0", "false", "no", "off"}
 
 def _field_types(cls) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+def setting(default, *, choices: Sequence | None = None, min: float | None = None,
+            above: float | None = None, max: float | None = None, check=None):
+    """A dataclass field whose value is checked whenever a config is read: one of `choices`, at
+    least `min`, greater than `above`, at most `max`, and `check(value)` returning None when the
+    value is fine or a phrase saying what it must be ("must be all or a comma list of ...")."""
+    rules = {k: v for k, v in (("choices", choices), ("min", min), ("above", above), ("max", max),
+                               ("check", check)) if v is not None}
+    return dataclasses.field(default=default, metadata={"rules": rules})
+
+
+def _rule_problem(value, rules: dict) -> str | None:
+    """What is wrong with value under a field's rules, or None."""
+    if value is None or not rules:
+        return None
+    if "choices" in rules and value not in rules["choices"]:
+        return f"must be one of {', '.join(map(str, rules['choices']))}"
+    if "min" in rules and value < rules["min"]:
+        return f"must be at least {rules['min']}"
+    if "above" in rules and value <= rules["above"]:
+        return f"must be greater than {rules['above']}"
+    if "max" in rules and value > rules["max"]:
+        return f"must be at most {rules['max']}"
+    if "check" in rules:
+        return rules["check"](value)
+    return None
+
+
+def _check_rules(cfg, name: str, value, where: str, key: str) -> None:
+    f = next(f for f in dataclasses.fields(cfg) if f.name == name)
+    problem = _rule_problem(value, f.metadata.get("rules", {}))
+    if problem:
+        raise ConfigError(f"{where}: {key} {problem}, got {value!r}")
 
 
 def valid_keys(cfg) -> list[str]:
@@ -150,18 +191,21 @@ def _set(cfg, dotted: str, value, where: str, from_text: bool):
             raise ConfigError(f"{where}: {head} is a group of settings; set its members, e.g. "
                               f"--{head}.{dataclasses.fields(current)[0].name}=...")
         value = _parse_text(value, tp, where, head) if from_text else _check_value(value, tp, where, head)
+        _check_rules(cfg, head, value, where, head)
     updated = copy.copy(cfg)
     object.__setattr__(updated, head, value)
     return updated
 
 
-def _validate(cfg):
+def _validate(cfg, prefix: str = ""):
     """Rebuild every dataclass from its fields so that its own checks (__post_init__) run once on
-    the finished settings; their complaints become ConfigErrors."""
+    the finished settings, after the rules of every field (also those of a dataclass a config file
+    built whole, such as `model = LlamaConfig(...)`); their complaints become ConfigErrors."""
     values = {}
     for f in dataclasses.fields(cfg):
         value = getattr(cfg, f.name)
-        values[f.name] = _validate(value) if dataclasses.is_dataclass(value) else value
+        _check_rules(cfg, f.name, value, "config", prefix + f.name)
+        values[f.name] = _validate(value, f"{prefix}{f.name}.") if dataclasses.is_dataclass(value) else value
     try:
         return type(cfg)(**values)
     except (ValueError, TypeError) as e:
@@ -220,6 +264,12 @@ def parse_args(defaults, argv: Sequence[str] | None = None):
             cfg = _set(cfg, key, text, f"flag {arg}", from_text=True)
         else:
             cfg = apply_file(cfg, arg)
+    return validate(cfg)
+
+
+def validate(cfg):
+    """The checks parse_args runs on a finished config, for configs built in code: every field's
+    rules, then each dataclass's own __post_init__; returns the checked copy or raises ConfigError."""
     return _validate(cfg)
 
 
@@ -238,11 +288,14 @@ def describe(cfg) -> str:
     """Human-readable listing of every key and its current value."""
     rows = []
     for key in valid_keys(cfg):
-        value = cfg
+        value, owner = cfg, cfg
         for part in key.split("."):
-            value = getattr(value, part)
+            owner, value = value, getattr(value, part)
         if not dataclasses.is_dataclass(value):
-            rows.append(f"  --{key}={value}")
+            name = key.rpartition(".")[2]
+            rules = next(f for f in dataclasses.fields(owner) if f.name == name).metadata.get("rules", {})
+            choices = f"   ({' | '.join(map(str, rules['choices']))})" if "choices" in rules else ""
+            rows.append(f"  --{key}={value}{choices}")
     return "settings (set in a config file or as --key=value):\n" + "\n".join(rows)
 
 

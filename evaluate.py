@@ -26,21 +26,32 @@ from pathlib import Path
 import torch
 
 import config as config_lib
+import machine as machine_lib
 from checkpoint import CheckpointError, load_model
+from config import setting
+from data.corpus import CORPORA, GENRES, SPLITS
 from sample import load_run_tokenizer
+
+
+def genre_list_problem(text: str) -> str | None:
+    """None for "all" or a comma list of known genres, else what the setting must be."""
+    names = [g.strip() for g in text.split(",") if g.strip()]
+    if text == "all" or (names and all(g in GENRES for g in names)):
+        return None
+    return f"must be all or a comma list of {', '.join(GENRES)}"
 
 
 @dataclass
 class EvalConfig:
     out_dir: str = "out/demo_llama"              # run folder holding ckpt.pt
     data: str = "../shared/data/tinyhelen"       # TinyHelen-layout folder, or a JSONL file of {"text": ...}
-    corpus: str = "leaner"                       # leaner | ori (folders only)
-    split: str = "test"                          # train | validation | test (folders only)
-    genres: str = "all"                          # comma-separated genres, or all (folders only)
-    seq_len: int = 0                             # 0 = the seq_len the model was trained with
-    batch_size: int = 8
-    max_tokens_per_genre: int = 0                # 0 = every token; else a prefix of each genre
-    device: str = "cpu"
+    corpus: str = setting("leaner", choices=CORPORA)           # leaner | ori (folders only)
+    split: str = setting("test", choices=SPLITS)               # train | validation | test (folders only)
+    genres: str = setting("all", check=genre_list_problem)     # comma-separated genres, or all (folders only)
+    seq_len: int = setting(0, min=0)             # 0 = the seq_len the model was trained with
+    batch_size: int = setting(8, min=1)
+    max_tokens_per_genre: int = setting(0, min=0)  # 0 = every token; else a prefix of each genre
+    device: str = setting("auto", check=machine_lib.check_device)  # auto | cpu | cuda | cuda:N
 
 
 @torch.no_grad()
@@ -64,7 +75,8 @@ def score_stream(model, stream: list[int], seq_len: int, batch_size: int, device
 def evaluate(cfg: EvalConfig) -> dict:
     from data.corpus import load_texts
 
-    model, ckpt = load_model(cfg.out_dir, cfg.device)
+    device = machine_lib.setup(cfg.device, "fp32", distributed=False).device
+    model, ckpt = load_model(cfg.out_dir, device)
     run_dir = Path(cfg.out_dir)
     tokenizer = load_run_tokenizer(run_dir if run_dir.is_dir() else run_dir.parent, ckpt.get("data_meta", {}))
     seq_len = cfg.seq_len or ckpt["config"]["seq_len"]
@@ -84,7 +96,7 @@ def evaluate(cfg: EvalConfig) -> dict:
             n_bytes += len(text.encode("utf-8")) + 1
             if cfg.max_tokens_per_genre and len(stream) > cfg.max_tokens_per_genre:
                 break
-        nll = score_stream(model, stream, seq_len, cfg.batch_size, cfg.device)
+        nll = score_stream(model, stream, seq_len, cfg.batch_size, device)
         n_tokens = len(stream) - 1
         results[genre] = {"loss": nll / n_tokens, "tokens": n_tokens, "bytes": n_bytes, "nll": nll}
         print(f"{genre:>13s} | loss {nll / n_tokens:7.4f} | ppl {math.exp(nll / n_tokens):9.2f} | "

@@ -15,20 +15,22 @@ from pathlib import Path
 import torch
 
 import config as config_lib
+import machine as machine_lib
 from checkpoint import CheckpointError, load_model
+from config import setting
 
 
 @dataclass
 class SampleConfig:
     out_dir: str = "out/demo_llama"     # a run folder (holds ckpt.pt) or a ckpt.pt path
     prompt: str = "Once upon a time"    # text to continue; "" starts from the end-of-text token alone
-    num_samples: int = 3
-    max_new_tokens: int = 200
-    temperature: float = 0.8            # 0 = greedy
-    top_k: int = 50                     # 0 = off
-    top_p: float = 0.95                 # 1 = off
+    num_samples: int = setting(3, min=1)
+    max_new_tokens: int = setting(200, min=1)
+    temperature: float = setting(0.8, min=0)   # 0 = greedy
+    top_k: int = setting(50, min=0)            # 0 = off
+    top_p: float = setting(0.95, above=0, max=1)  # 1 = off
     seed: int = 1337
-    device: str = "cpu"
+    device: str = setting("auto", check=machine_lib.check_device)  # auto | cpu | cuda | cuda:N
 
 
 def load_run_tokenizer(out_dir: str | Path, meta: dict):
@@ -46,12 +48,13 @@ def load_run_tokenizer(out_dir: str | Path, meta: dict):
 def generate_texts(cfg: SampleConfig) -> list[str]:
     out_dir = Path(cfg.out_dir)
     run_dir = out_dir.parent if out_dir.suffix == ".pt" else out_dir
-    model, ckpt = load_model(out_dir, cfg.device)
+    device = machine_lib.setup(cfg.device, "fp32", distributed=False).device
+    model, ckpt = load_model(out_dir, device)
     tokenizer = load_run_tokenizer(run_dir, ckpt.get("data_meta", {}))
     # Documents were joined with end-of-text during training, so it is the natural start token.
     prompt_ids = [tokenizer.eot_id] + tokenizer.encode(cfg.prompt)
-    idx = torch.tensor([prompt_ids] * cfg.num_samples, device=cfg.device)
-    generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
+    idx = torch.tensor([prompt_ids] * cfg.num_samples, device=device)
+    generator = torch.Generator(device=device).manual_seed(cfg.seed)
     out = model.generate(idx, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k or None,
                          top_p=cfg.top_p if cfg.top_p < 1 else None, eot_id=tokenizer.eot_id,
                          generator=generator)
@@ -67,7 +70,7 @@ def generate_texts(cfg: SampleConfig) -> list[str]:
 def main(cfg: SampleConfig) -> None:
     try:
         texts = generate_texts(cfg)
-    except (CheckpointError, FileNotFoundError) as e:
+    except (CheckpointError, FileNotFoundError, ValueError) as e:  # ValueError: prompt too long, device
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     for i, text in enumerate(texts):

@@ -27,7 +27,7 @@ import torch  # noqa: E402
 
 import config  # noqa: E402
 import model_llama  # noqa: E402
-from train import keep_freed_memory_mapped  # noqa: E402
+from machine import keep_freed_memory_mapped  # noqa: E402
 
 
 @dataclass

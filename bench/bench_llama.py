@@ -8,7 +8,7 @@ Measures, in one process, so that every ratio compares figures taken side by sid
   * training tokens/s, full step = forward + fp32 loss + backward + AdamW step, for each precision:
     fp32, and bf16 = `torch.autocast("cpu", dtype=torch.bfloat16)` around forward and loss with fp32
     weights, as the training loop does. Both models get the training loop's optimizer (fused
-    AdamW) and its memory setting (train.keep_freed_memory_mapped, applied once to this process).
+    AdamW) and its memory setting (machine.keep_freed_memory_mapped, applied once to this process).
     Timing rounds alternate between the models (and which goes first). In a round each model first
     takes --settle untimed steps, so that it is timed in its own steady state rather than paying
     for page faults of memory the other model's step just released; then --steps timed steps. The
@@ -47,7 +47,7 @@ import transformers  # noqa: E402
 
 import config  # noqa: E402
 from model_llama import Llama, LlamaConfig  # noqa: E402
-from train import cpu_supports_bf16, keep_freed_memory_mapped  # noqa: E402
+from machine import cpu_supports_bf16, keep_freed_memory_mapped  # noqa: E402
 
 
 @dataclass

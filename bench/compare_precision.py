@@ -34,7 +34,7 @@ def main(argv: list[str]) -> None:
     for dtype in ("fp32", "bf16"):
         cfg = dataclasses.replace(base, dtype=dtype, out_dir=str(out / dtype))
         print(f"=== {dtype} ===", flush=True)
-        train.Trainer(cfg).run()
+        train.pretrain(cfg)
         curves[dtype] = {r["step"]: r["val_loss"] for r in read_metrics(out / dtype / "metrics.jsonl")
                          if "val_loss" in r}
     print("\nstep | fp32 val loss | bf16 val loss | bf16 - fp32")

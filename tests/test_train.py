@@ -68,7 +68,7 @@ def test_training_lowers_the_loss_on_real_data(leaner_small, tmp_path):
     import train
     cfg = tiny_cfg(leaner_small, tmp_path / "run", "--max_steps=60", "--log_every=5", "--eval_every=60",
                    "--eval_steps=4", "--ckpt_every=1000")
-    train.Trainer(cfg).run()
+    train.pretrain(cfg)
     curve = losses(tmp_path / "run")
     first, last = curve[5], curve[60]
     assert last < first - 1.0, curve
@@ -136,8 +136,8 @@ def test_two_process_torchrun_matches_one_process(leaner_small, tmp_path):
 def trained_run(leaner_small, tmp_path_factory):
     import train
     out = tmp_path_factory.mktemp("trained")
-    train.Trainer(tiny_cfg(leaner_small, out, "--max_steps=40", "--eval_every=40", "--eval_steps=2",
-                           "--log_every=10")).run()
+    train.pretrain(tiny_cfg(leaner_small, out, "--max_steps=40", "--eval_every=40", "--eval_steps=2",
+                           "--log_every=10"))
     return out
 
 
