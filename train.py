@@ -93,8 +93,11 @@ def pretrain(cfg: TrainConfig) -> Trainer:
     train_tokens, val_tokens = open_tokens(cfg.data_dir, "train"), open_tokens(cfg.data_dir, "validation")
     m = machine_lib.setup(cfg.device, cfg.dtype, cfg.threads)
     try:
-        source = TokenBatches(train_tokens, cfg.batch_size, cfg.seq_len, seed=cfg.seed, rank=m.rank,
-                              world_size=m.world)
+        try:
+            source = TokenBatches(train_tokens, cfg.batch_size, cfg.seq_len, seed=cfg.seed, rank=m.rank,
+                                  world_size=m.world)
+        except ValueError as e:  # fewer windows than one global batch: the settings do not fit the data
+            raise config_lib.ConfigError(f"{cfg.data_dir}: {e}") from None
         if not cfg.init_from:  # with init_from the model (and its vocabulary) comes from the source
             check_vocab(cfg.model, meta, cfg.data_dir)
         trainer = Trainer(cfg, source, evaluate=ValidationLoss(val_tokens), data_meta=meta, machine=m)
