@@ -16,28 +16,25 @@ The mixers:
     RMSNorm of y * SiLU(z); out-projection.
 
 Generation carries, per layer, the last K-1 conv inputs and the SSM state, so each new token costs
-the same whatever the length so far (see generation in the Mamba class). Parameter names follow
-`transformers`; save_hf / from_hf convert to and from its MambaForCausalLM (Mamba-1),
+the same whatever the length so far (see generation in the Mamba class). RMSNorm, the gated MLP,
+the generation loop and the parameter count are the Llama's (model_common.py). Parameter names
+follow `transformers`; interop.py converts to and from its MambaForCausalLM (Mamba-1),
 Mamba2ForCausalLM (Mamba-2) or, for Mamba-2 blocks with an MLP, BambaForCausalLM (the same Mamba-2
 mixer followed by the same gated MLP, with no attention layers).
 """
 
 from __future__ import annotations
 
-import json
 import math
-import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 import kernels
-from kernels.cross_entropy import cross_entropy
-from atomic import atomic_write_bytes
-from sampling import sample_next_token
+from kernels import cross_entropy
+from model_common import GatedMLP, LanguageModel, RMSNorm
 
 
 @dataclass
@@ -83,17 +80,6 @@ class MambaConfig:
     @property
     def rank(self) -> int:
         return self.dt_rank or math.ceil(self.n_embd / 16)
-
-
-class RMSNorm(nn.Module):
-    def __init__(self, dim: int, eps: float, backend: str):
-        super().__init__()
-        self.weight = nn.Parameter(torch.ones(dim))
-        self.weight._no_weight_decay = True
-        self.eps, self.backend = eps, backend
-
-    def forward(self, x):
-        return kernels.rms_norm(x, self.weight, self.eps, self.backend)
 
 
 class CausalConv(nn.Module):
@@ -231,17 +217,6 @@ class Mamba2Mixer(nn.Module):
         return self._out(y, x, z, u), (window, h)
 
 
-class GatedMLP(nn.Module):
-    def __init__(self, dim: int, hidden: int):
-        super().__init__()
-        self.gate_proj = nn.Linear(dim, hidden, bias=False)
-        self.up_proj = nn.Linear(dim, hidden, bias=False)
-        self.down_proj = nn.Linear(hidden, dim, bias=False)
-
-    def forward(self, x):
-        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
-
-
 class Block(nn.Module):
     def __init__(self, cfg: MambaConfig):
         super().__init__()
@@ -261,7 +236,7 @@ class Block(nn.Module):
         return x, state
 
 
-class Mamba(nn.Module):
+class Mamba(LanguageModel):
     def __init__(self, cfg: MambaConfig):
         super().__init__()
         self.config = cfg
@@ -280,11 +255,12 @@ class Mamba(nn.Module):
             for block in self.layers:
                 block.mixer.out_proj.weight /= math.sqrt(residuals * cfg.n_layer)
                 if cfg.mlp_hidden:
-                    block.mlp.down_proj.weight /= math.sqrt(residuals * cfg.n_layer)
+                    block.mlp.down.weight /= math.sqrt(residuals * cfg.n_layer)
 
     # ------------------------------------------------------------------ training interface
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        """idx (B, T) -> logits (B, T, V), loss: mean fp32 cross-entropy over targets != -1."""
+        """idx (B, T) -> logits (B, T, V), loss: mean fp32 cross-entropy over the positions whose
+        target is not -1 (a loss mask), or None without targets."""
         logits, _ = self._run(idx)
         loss = None
         if targets is not None:
@@ -298,15 +274,6 @@ class Mamba(nn.Module):
             x, s = block(x, None if states is None else states[i])
             new_states.append(s)
         return self.lm_head(self.norm_f(x)), new_states
-
-    def num_params(self, non_embedding: bool = True) -> int:
-        """Parameter count; non_embedding leaves out the token embedding and an untied output head."""
-        n = sum(p.numel() for p in self.parameters())
-        if non_embedding:
-            n -= self.embeddings.weight.numel()
-            if not self.config.tie_embeddings:
-                n -= self.lm_head.weight.numel()
-        return n
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward = 3x forward): 2 per multiply-add of every
@@ -324,26 +291,16 @@ class Mamba(nn.Module):
             scan = cfg.nheads * (2 * q * cfg.d_state + 2 * q * cfg.headdim + 4 * cfg.d_state * cfg.headdim)
         return 3.0 * (2 * matmul + cfg.n_layer * scan)
 
-    # ------------------------------------------------------------------ generation
-    @torch.no_grad()
-    def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None, eot_id: int | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
-        """Continue idx (B, T) by up to max_new_tokens tokens -> (B, T + new). The prompt runs once
-        through the parallel scan; after that each token is one recurrent step per layer. Rows that
-        emit eot_id keep emitting it; generation stops when every row has."""
+    # ------------------------------------------------------------------ generation (model_common)
+    def prefill(self, idx: torch.Tensor, max_new_tokens: int):
+        """The prompt (B, T) once through the parallel scan -> last logits (B, V), per-layer states;
+        after that each token is one recurrent step per layer, whatever the length so far."""
         logits, states = self._run(idx)
-        done = torch.zeros(idx.shape[0], dtype=torch.bool, device=idx.device)
-        for _ in range(max_new_tokens):
-            nxt = sample_next_token(logits[:, -1], temperature, top_k, top_p, generator)
-            if eot_id is not None:
-                nxt = nxt.masked_fill(done[:, None], eot_id)
-                done |= nxt[:, 0] == eot_id
-            idx = torch.cat([idx, nxt], dim=1)
-            if eot_id is not None and bool(done.all()):
-                break
-            logits, states = self._run(nxt, states)
-        return idx
+        return logits[:, -1], states
+
+    def decode(self, tokens: torch.Tensor, pos: int, states):
+        logits, states = self._run(tokens[:, None], states)
+        return logits[:, -1], states
 
     def step_logits(self, idx: torch.Tensor) -> torch.Tensor:
         """Logits (B, T, V) computed one token at a time through the recurrent step: for tests that
@@ -367,116 +324,14 @@ class Mamba(nn.Module):
             states.append((window, h))
         return states
 
-    # ------------------------------------------------------------------ transformers format
-    def save_hf(self, folder) -> None:
-        """Write config.json + model.safetensors that transformers loads (module docstring). Each
-        file goes to a temporary name first and is renamed into place, so a crash never leaves half
-        a file."""
-        from safetensors.torch import save
-        hf_config, renames = _hf_layout(self.config)
-        state = {k: v for k, v in self.state_dict().items()
-                 if not (self.config.tie_embeddings and k == "lm_head.weight")}
-        tensors = {_rename(k, renames): v.detach().cpu().contiguous() for k, v in state.items()}
-        folder = Path(folder)
-        folder.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(folder / "config.json", json.dumps(hf_config, indent=2).encode())
-        atomic_write_bytes(folder / "model.safetensors", save(tensors, metadata={"format": "pt"}))
+    # ------------------------------------------------------------------ transformers format (interop.py)
+    def save_hf(self, folder, eos_token_id: int | None = None) -> None:
+        """Write a folder that transformers' MambaForCausalLM / Mamba2ForCausalLM / BambaForCausalLM loads."""
+        import interop
+        interop.save_hf(self, folder, eos_token_id)
 
     @classmethod
     def from_hf(cls, folder) -> "Mamba":
         """A model from a folder written by save_hf or by transformers' save_pretrained."""
-        from safetensors.torch import load_file
-        folder = Path(folder)
-        hf = json.loads((folder / "config.json").read_text())
-        cfg = _config_from_hf(hf)
-        _, renames = _hf_layout(cfg)
-        inverse = [(re.compile("^" + re.escape(hf_t).replace(r"\{i\}", r"(\d+)") + "$"), ours)
-                   for ours, hf_t in renames]
-        state = {}
-        for key, value in load_file(str(folder / "model.safetensors")).items():
-            for pattern, ours in inverse:
-                m = pattern.match(key)
-                if m:
-                    state[ours.replace("{i}", m.group(1)) if m.groups() else ours] = value
-                    break
-        state.setdefault("lm_head.weight", state["embeddings.weight"])
-        model = cls(cfg)
-        model.load_state_dict(state)
-        return model
-
-
-# ---------------------------------------------------------------------- transformers format
-
-def _hf_layout(cfg: MambaConfig):
-    """(config.json dict, [(our name, HF name)] with {i} for the layer index)."""
-    common = dict(vocab_size=cfg.vocab_size, hidden_size=cfg.n_embd, num_hidden_layers=cfg.n_layer,
-                  tie_word_embeddings=cfg.tie_embeddings, torch_dtype="float32")
-    if cfg.mixer == "mamba1" and cfg.mlp_hidden:
-        raise ValueError("transformers has no Mamba-1 model with an MLP after each mixer: save a "
-                         "Mamba-1 with mlp_hidden=0, or use the Mamba-2 mixer")
-    if not cfg.mlp_hidden:
-        renames = [("embeddings.weight", "backbone.embeddings.weight"),
-                   ("layers.{i}.norm.weight", "backbone.layers.{i}.norm.weight"),
-                   ("norm_f.weight", "backbone.norm_f.weight"), ("lm_head.weight", "lm_head.weight")]
-        names = (["in_proj.weight", "in_proj.bias", "conv1d.weight", "conv1d.bias", "out_proj.weight",
-                  "out_proj.bias", "A_log", "D"]
-                 + (["x_proj.weight", "dt_proj.weight", "dt_proj.bias"] if cfg.mixer == "mamba1"
-                    else ["dt_bias", "norm.weight"]))
-        renames += [(f"layers.{{i}}.mixer.{n}", f"backbone.layers.{{i}}.mixer.{n}") for n in names]
-        shared = dict(state_size=cfg.d_state, expand=cfg.expand, conv_kernel=cfg.d_conv,
-                      use_bias=cfg.proj_bias, use_conv_bias=cfg.conv_bias, layer_norm_epsilon=cfg.norm_eps,
-                      time_step_min=cfg.dt_min, time_step_max=cfg.dt_max, time_step_floor=cfg.dt_floor)
-        if cfg.mixer == "mamba1":
-            return dict(architectures=["MambaForCausalLM"], model_type="mamba", time_step_rank=cfg.rank,
-                        residual_in_fp32=True, **shared, **common), renames
-        return dict(architectures=["Mamba2ForCausalLM"], model_type="mamba2", num_heads=cfg.nheads,
-                    head_dim=cfg.headdim, n_groups=cfg.n_groups, chunk_size=cfg.chunk_size,
-                    residual_in_fp32=True, **shared, **common), renames
-    renames = [("embeddings.weight", "model.embed_tokens.weight"),
-               ("layers.{i}.norm.weight", "model.layers.{i}.input_layernorm.weight"),
-               ("layers.{i}.mlp_norm.weight", "model.layers.{i}.pre_ff_layernorm.weight"),
-               ("norm_f.weight", "model.final_layernorm.weight"), ("lm_head.weight", "lm_head.weight")]
-    renames += [(f"layers.{{i}}.mixer.{n}", f"model.layers.{{i}}.mamba.{n}")
-                for n in ["in_proj.weight", "in_proj.bias", "conv1d.weight", "conv1d.bias", "out_proj.weight",
-                          "out_proj.bias", "A_log", "D", "dt_bias", "norm.weight"]]
-    renames += [(f"layers.{{i}}.mlp.{n}.weight", f"model.layers.{{i}}.feed_forward.{n}.weight")
-                for n in ("gate_proj", "up_proj", "down_proj")]
-    return dict(architectures=["BambaForCausalLM"], model_type="bamba", intermediate_size=cfg.mlp_hidden,
-                rms_norm_eps=cfg.norm_eps, attn_layer_indices=[], mamba_n_heads=cfg.nheads,
-                mamba_d_head=cfg.headdim, mamba_n_groups=cfg.n_groups, mamba_d_state=cfg.d_state,
-                mamba_d_conv=cfg.d_conv, mamba_expand=cfg.expand, mamba_chunk_size=cfg.chunk_size,
-                mamba_conv_bias=cfg.conv_bias, mamba_proj_bias=cfg.proj_bias, hidden_act="silu",
-                mlp_bias=False, num_attention_heads=1, num_key_value_heads=1,
-                pad_token_id=None, **common), renames  # a pad id would zero that embedding's gradient
-
-
-def _config_from_hf(hf: dict) -> MambaConfig:
-    common = dict(vocab_size=hf["vocab_size"], n_embd=hf["hidden_size"], n_layer=hf["num_hidden_layers"],
-                  tie_embeddings=bool(hf.get("tie_word_embeddings", False)))
-    kind = hf.get("model_type")
-    if kind in ("mamba", "mamba2"):
-        shared = dict(d_state=hf["state_size"], expand=hf["expand"], d_conv=hf["conv_kernel"],
-                      proj_bias=hf.get("use_bias", False), conv_bias=hf.get("use_conv_bias", True),
-                      norm_eps=hf.get("layer_norm_epsilon", 1e-5), mlp_hidden=0, **common)
-        if kind == "mamba":
-            return MambaConfig(mixer="mamba1", dt_rank=int(hf["time_step_rank"]), **shared)
-        return MambaConfig(mixer="mamba2", headdim=hf["head_dim"], n_groups=hf["n_groups"],
-                           chunk_size=hf.get("chunk_size", 64), **shared)
-    if kind == "bamba":
-        if hf.get("attn_layer_indices"):
-            raise ValueError("this Bamba model has attention layers, which tinyhelen's Mamba does not have")
-        return MambaConfig(mixer="mamba2", mlp_hidden=hf["intermediate_size"], norm_eps=hf["rms_norm_eps"],
-                           headdim=hf["mamba_d_head"], n_groups=hf["mamba_n_groups"], d_state=hf["mamba_d_state"],
-                           d_conv=hf["mamba_d_conv"], expand=hf["mamba_expand"],
-                           chunk_size=hf.get("mamba_chunk_size", 64), conv_bias=hf.get("mamba_conv_bias", True),
-                           proj_bias=hf.get("mamba_proj_bias", False), **common)
-    raise ValueError(f"config.json has model_type {kind!r}; expected mamba, mamba2 or bamba")
-
-
-def _rename(key: str, renames) -> str:
-    m = re.match(r"layers\.(\d+)\.(.*)", key)
-    layer, rest = (m.group(1), "layers.{i}." + m.group(2)) if m else (None, key)
-    for ours, hf in renames:
-        if ours == rest:
-            return hf.replace("{i}", layer) if layer is not None else hf
-    raise KeyError(f"no transformers name for parameter {key}")
+        import interop
+        return interop.load_hf(folder, expect=cls)

@@ -26,7 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 import config  # noqa: E402
+import model_common  # noqa: E402
 import model_llama  # noqa: E402
+from kernels import attention_cpu, ops  # noqa: E402
 from machine import keep_freed_memory_mapped  # noqa: E402
 
 
@@ -48,12 +50,12 @@ def _heads_of(qkv: torch.Tensor, rope: torch.Tensor, n_head: int, n_kv_head: int
 
 
 # name: (object, attribute, stand-in); each stand-in keeps the shapes and dtypes flowing on.
-# Training attention on CPU (model_llama.Attention) is attention_cpu.causal_attention in both
+# Training attention on CPU (kernels.attention) is attention_cpu.causal_attention in both
 # precisions, rotary included: the fp32 C kernel, or bf16 batched matmuls with fused kernels.
 STAND_INS = {
-    "RMSNorm (17 per step)": (model_llama.RMSNorm, "forward", lambda self, x: x.to(_autocast_dtype(x), copy=True)),
-    "attention + rotary": (model_llama.attention_cpu, "causal_attention", _heads_of),
-    "SwiGLU product": (model_llama.SwiGLUProduct, "apply", lambda gate_up: gate_up.chunk(2, -1)[1] * 1.0),
+    "RMSNorm (17 per step)": (model_common.RMSNorm, "forward", lambda self, x: x.to(_autocast_dtype(x), copy=True)),
+    "attention + rotary": (attention_cpu, "causal_attention", _heads_of),
+    "SwiGLU product": (ops.SwiGLUProduct, "apply", lambda gate_up: gate_up.chunk(2, -1)[1] * 1.0),
     # reads one column: the head's backward still gets a full-size gradient, as with any loss
     "cross-entropy": (model_llama, "cross_entropy", lambda logits, targets, **kw: logits[:, 0].float().mean()),
 }

@@ -13,9 +13,8 @@ import torch
 import torch.nn.functional as F
 
 import kernels
-from kernels import attention_cpu, fused_cpu
-from kernels.cross_entropy import cross_entropy
-from model_llama import apply_rotary, rotary_table
+from kernels import apply_rotary, attention_cpu, cross_entropy, fused_cpu, swiglu
+from model_llama import rotary_table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -58,7 +57,6 @@ def test_rms_norm_matches_autograd_reference(x_dtype, out_dtype):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_swiglu_matches_autograd_reference(dtype):
-    from model_llama import swiglu
     torch.manual_seed(1)
     gate_up = (torch.randn(3, 11, 2 * 37) * 4).to(dtype).requires_grad_()
     grad = torch.randn(3, 11, 37).to(dtype)

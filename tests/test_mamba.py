@@ -43,11 +43,12 @@ def _kind(model):
     return "mamba1" if cfg.mixer == "mamba1" else ("mamba2_mlp" if cfg.mlp_hidden else "mamba2")
 
 
-def hf_names(model):
-    """Our parameter name -> transformers' (the mapping save_hf writes)."""
-    from model_mamba import _hf_layout, _rename
-    _, renames = _hf_layout(model.config)
-    return {n: _rename(n, renames) for n, _ in model.named_parameters()}
+def hf_gradients_in_our_layout(model, hf):
+    """transformers' gradients mapped onto our parameter names and layouts (interop's import
+    mapping; a wrong mapping would already have shown in the logits)."""
+    import interop
+    grads = {name: p.grad for name, p in hf.named_parameters() if p.grad is not None}
+    return interop.mamba_state_from_hf(grads, model.config)
 
 
 @pytest.mark.parametrize("kind", ["mamba1", "mamba2", "mamba2_mlp"])
@@ -64,10 +65,10 @@ def test_logits_and_gradients_match_transformers(kind, tmp_path):
     torch.testing.assert_close(loss, hf_loss, atol=1e-6, rtol=1e-5)
     loss.backward()
     hf_loss.backward()
-    hf_params = dict(hf.named_parameters())
-    for ours, theirs in hf_names(model).items():
-        torch.testing.assert_close(dict(model.named_parameters())[ours].grad, hf_params[theirs].grad,
-                                   atol=2e-5, rtol=1e-3, msg=ours)
+    theirs = hf_gradients_in_our_layout(model, hf)
+    assert set(theirs) == {name for name, _ in model.named_parameters()}
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad, theirs[name], atol=2e-5, rtol=1e-3, msg=name)
 
 
 def test_mamba1_mixer_matches_transformers_layer(tmp_path):
