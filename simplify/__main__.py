@@ -2,9 +2,9 @@
 
 Each subcommand has a config dataclass read through the project's one config system (config.py),
 so unknown keys, wrong types and out-of-range values are errors that name the flag or file line.
-Exit codes: 2 when the command itself is wrong (a flag, a missing or unreadable input, a missing
-model package) and nothing was done; 1 when the run failed (the endpoint refused the request, the
-server crashed, Ctrl-C). Examples:
+Exit codes: 2 when the command is wrong (a flag, a missing or unreadable input file, a missing model
+package; no output is written, and a missing input stops before any server starts); 1 when the run
+failed (the endpoint refused the request, the server crashed, Ctrl-C). Examples:
 
   python -m simplify run --input=../shared/data/tinyhelen/ori/10M --split=validation --genres=wiki \
       --base_url=http://127.0.0.1:8000/v1 --model=gpt-4o-mini     # key in $TINYHELEN_API_KEY
