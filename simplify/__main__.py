@@ -123,7 +123,7 @@ def stats_main(cfg: StatsConfig) -> dict:
 def _start_server(stack: ExitStack, **kw):
     """A LocalServer entered on stack; a missing model package or file is the user's to fix (exit 2),
     a server that fails once started is a failed run (exit 1)."""
-    from llm import LocalServer, ServerError
+    from chat import LocalServer, ServerError
 
     try:
         server = LocalServer(**kw)
@@ -139,7 +139,7 @@ def _start_server(stack: ExitStack, **kw):
 
 
 def run_main(cfg: RunConfig) -> dict:
-    from llm import MODEL_ALIAS, ChatClient, FatalClientError
+    from chat import MODEL_ALIAS, ChatClient, FatalClientError
     from simplify.pipeline import endpoint_from, run
 
     if not cfg.input:

@@ -29,7 +29,7 @@ from tqdm import tqdm
 
 from atomic import atomic_jsonl, atomic_write_json
 from config import setting
-from llm import AnswerCache, ChatClient, ClientError, FatalClientError, cache_key
+from chat import AnswerCache, ChatClient, ClientError, FatalClientError, cache_key
 from simplify import GENRES
 from simplify.chunk import Chunk, chunk_document, join_chunks
 from simplify.clean import Cleaner

@@ -19,7 +19,7 @@ import pytest
 
 from atomic import (append_line, atomic_file, atomic_jsonl, atomic_write_bytes, atomic_write_json,
                     atomic_write_text, read_lines)
-from llm import AnswerCache, cache_key
+from chat import AnswerCache, cache_key
 from metrics import MetricsLog, plot_losses, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from llm import ChatClient
-from llm.faults import FaultServer
+from chat import ChatClient
+from chat.faults import FaultServer
 from simplify.pipeline import RunConfig, run
 
 ROOT = Path(__file__).resolve().parents[1]

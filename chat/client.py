@@ -21,7 +21,7 @@ import time
 
 import requests
 
-log = logging.getLogger("llm.client")
+log = logging.getLogger("chat.client")
 
 KEY_ENV_VARS = ("TINYHELEN_API_KEY", "OPENAI_API_KEY")
 
