@@ -44,7 +44,7 @@ def genre_list_problem(text: str) -> str | None:
 @dataclass
 class EvalConfig:
     out_dir: str = "out/demo_llama"              # run folder holding ckpt.pt
-    data: str = "../shared/data/tinyhelen"       # TinyHelen-layout folder, or a JSONL file of {"text": ...}
+    data: str = "../shared/data/tinyhelen"       # TinyHelen-layout folder, or JSONL of {"text": ..., "genre"?: ...}
     corpus: str = setting("leaner", choices=CORPORA)           # leaner | ori (folders only)
     split: str = setting("test", choices=SPLITS)               # train | validation | test (folders only)
     genres: str = setting("all", check=genre_list_problem)     # comma-separated genres, or all (folders only)
@@ -75,18 +75,20 @@ def score_stream(model, stream: list[int], seq_len: int, batch_size: int, device
 def evaluate(cfg: EvalConfig) -> dict:
     from data.corpus import load_texts
 
-    device = machine_lib.setup(cfg.device, "fp32", distributed=False).device
-    model, ckpt = load_model(cfg.out_dir, device)
-    run_dir = Path(cfg.out_dir)
-    tokenizer = load_run_tokenizer(run_dir if run_dir.is_dir() else run_dir.parent, ckpt.get("data_meta", {}))
-    seq_len = cfg.seq_len or ckpt["config"]["seq_len"]
+    # The data first: a missing file or a bad row stops the command before a model is loaded. Rows of a
+    # JSONL file that carry a "genre" get their own line in the breakdown, as a folder's genres do.
     genres = None if cfg.genres == "all" else [g.strip() for g in cfg.genres.split(",") if g.strip()]
-
     texts_by_genre: dict[str, list[str]] = defaultdict(list)
     for doc in load_texts(cfg.data, corpus=cfg.corpus, split=cfg.split, genres=genres):
         texts_by_genre[doc.genre].append(doc.text)
     if not texts_by_genre:
         raise FileNotFoundError(f"no documents found in {cfg.data} (corpus {cfg.corpus}, split {cfg.split})")
+
+    device = machine_lib.setup(cfg.device, "fp32", distributed=False).device
+    model, ckpt = load_model(cfg.out_dir, device)
+    run_dir = Path(cfg.out_dir)
+    tokenizer = load_run_tokenizer(run_dir if run_dir.is_dir() else run_dir.parent, ckpt.get("data_meta", {}))
+    seq_len = cfg.seq_len or ckpt["config"]["seq_len"]
 
     results = {}
     for genre, texts in texts_by_genre.items():

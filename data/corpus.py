@@ -295,14 +295,14 @@ def iter_rows(path: str | Path) -> Iterator[tuple[int, str | dict]]:
     return iter_json_lines(path)
 
 
-def take_field(row: dict, name: str, where: str, what: str = "row", kind=str, required: bool = True):
-    """Remove row[name] and return it, checked to be of the given type(s); None if absent and optional."""
-    if name not in row or (row[name] is None and not required):
-        if not required:
-            return None
+def get_field(row: dict, name: str, where: str, what: str = "row", kind=str, required: bool = True):
+    """row[name], checked to be of the given type(s); None when it is absent (or null) and optional."""
+    if row.get(name) is None and not required:
+        return None
+    if name not in row:
         fields = ", ".join(map(repr, row)) or "none"
         raise DataError(f"{where}: a {what} needs a field {name!r} (its fields: {fields}); fix the row")
-    value = row.pop(name)
+    value = row[name]
     kinds = kind if isinstance(kind, tuple) else (kind,)
     if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):  # True is an int
         raise DataError(f"{where}: field {name!r} is {type(value).__name__} {_snippet(repr(value), 40)}, "
@@ -315,6 +315,42 @@ def _row_id(row: dict, fallback: str) -> str:
         if row.get(key) not in (None, ""):
             return str(row[key])
     return fallback
+
+
+def _text_fields(row: dict, genre: str, where: str) -> tuple[dict[str, str], set[str]]:
+    """(the row's text fields for its genre, the row keys they came from)."""
+    what = f"{genre} row"
+    if genre == "code":
+        fields = {"prompt": get_field(row, "prompt", where, what)}
+        if row.get("response") is not None:
+            fields["response"] = get_field(row, "response", where, what)
+        return fields, set(fields)
+    if genre == "math":
+        hints = get_field(row, "hints", where, what, kind=(list, str))
+        if isinstance(hints, list) and not all(isinstance(h, str) for h in hints):
+            raise DataError(f"{where}: field 'hints' must be a list of strings or a string; fix the row")
+        fields = {"problem": get_field(row, "problem", where, what),
+                  "hints": hints if isinstance(hints, str) else "\n".join(hints)}
+        # A list of hints also stays in meta: a rewritten row keeps its original shape.
+        return fields, {"problem"} | ({"hints"} if isinstance(hints, str) else set())
+    if genre == "instruction":
+        fields, used = {"instruction": get_field(row, "instruction", where, what)}, {"instruction"}
+        for name, key in (("input", "input"), ("response", "response" if "response" in row else "output")):
+            value = get_field(row, key, where, what, required=False)
+            if value is not None:
+                fields[name] = value
+                used.add(key)
+        return fields, used
+    if genre == "glue":
+        fields = {k: v for k, v in row.items() if k in GLUE_TEXT_FIELDS and isinstance(v, str)}
+        if not fields:
+            raise DataError(f"{where}: a glue row needs a text field ({', '.join(GLUE_TEXT_FIELDS)}); its "
+                            f"fields: {', '.join(map(repr, row)) or 'none'}")
+        return fields, set(fields)
+    if "text" not in row:
+        raise DataError(f"{where}: a {genre} row needs a text field 'text' (its fields: "
+                        f"{', '.join(map(repr, row)) or 'none'}); fix the row, or name its genre")
+    return {"text": get_field(row, "text", where, what)}, {"text"}
 
 
 def row_to_document(row: str | dict, genre: str, path: str | Path, line: int,
@@ -331,45 +367,14 @@ def row_to_document(row: str | dict, genre: str, path: str | Path, line: int,
         ((key, value),) = row.items()
         if key.isdigit() and isinstance(value, str):
             return Document(key, genre, {"text": value}, {"idx": int(key)}, str(path), line)
-    meta = dict(row)
-    if genre_from_row and "genre" in meta:
-        genre = take_field(meta, "genre", where)
-    doc_id = _row_id(meta, fallback_id)
-    what = f"{genre} row"
-    fields: dict[str, str] = {}
-    if genre == "code":
-        fields["prompt"] = take_field(meta, "prompt", where, what)
-        if meta.get("response") is not None:
-            fields["response"] = take_field(meta, "response", where, what)
-    elif genre == "math":
-        fields["problem"] = take_field(meta, "problem", where, what)
-        hints = meta.get("hints")
-        if isinstance(hints, list) and all(isinstance(h, str) for h in hints):
-            fields["hints"] = "\n".join(hints)  # the list itself stays in meta, for rewritten outputs
-        elif isinstance(hints, list):
-            raise DataError(f"{where}: field 'hints' must be a list of strings or a string")
-        else:
-            fields["hints"] = take_field(meta, "hints", where, what, kind=(list, str))
-    elif genre == "instruction":
-        fields["instruction"] = take_field(meta, "instruction", where, what)
-        for name, alias in (("input", None), ("response", "output")):
-            value = take_field(meta, name, where, what, required=False)
-            if value is None and alias:
-                value = take_field(meta, alias, where, what, required=False)
-            if value is not None:
-                fields[name] = value
-    elif genre == "glue":
-        fields = {k: meta.pop(k) for k in [k for k in meta if k in GLUE_TEXT_FIELDS]
-                  if isinstance(meta[k], str)}
-        if not fields:
-            raise DataError(f"{where}: a glue row needs a text field ({', '.join(GLUE_TEXT_FIELDS)}); its "
-                            f"fields: {', '.join(map(repr, meta)) or 'none'}")
-    else:
-        if "text" not in meta:
-            raise DataError(f"{where}: a {genre} row needs a text field 'text' (its fields: "
-                            f"{', '.join(map(repr, meta)) or 'none'}); fix the row, or name its genre")
-        fields["text"] = take_field(meta, "text", where, what)
-    return Document(doc_id, genre, fields, meta, str(path), line)
+    used = set()
+    if genre_from_row and "genre" in row:
+        genre = get_field(row, "genre", where)
+        used.add("genre")
+    fields, from_keys = _text_fields(row, genre, where)
+    used |= from_keys
+    meta = {k: v for k, v in row.items() if k not in used}
+    return Document(_row_id(row, fallback_id), genre, fields, meta, str(path), line)
 
 
 def iter_file(path: str | Path, genre: str, genre_from_row: bool = False) -> Iterator[Document]:
