@@ -16,6 +16,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -23,10 +24,12 @@ import pytest
 import requests
 import zstandard
 
-from data.corpus import GENRES, DataError, available_genres, iter_documents, iter_jsonl_texts, load_texts
+from data.corpus import (GENRES, SUFFIXES, DataError, available_genres, iter_documents, iter_jsonl_texts, iter_rows,
+                         load_texts)
 from data.download import MANIFEST, DownloadError, download_file, download_release, release_files, sha256_of
 from data.prepare import PrepareConfig, load_meta, prepare, tokenizer_of
 from data.tokenizer import EOT, Tokenizer, gpt2_byte_to_unicode, load_tokenizer, train_bpe
+from simplify.io import iter_documents as simplify_documents
 from tests.fixtures.local_http import serve_folder
 
 REPO = Path(__file__).resolve().parents[1]
@@ -199,6 +202,45 @@ def test_real_quirks_against_independent_json_parse(corpus, split):
             else:
                 want = row["text"]
             assert d.text == want
+
+
+def readme_text(genre: str, row) -> str:
+    """The text to train on, by the table in ../shared/data/tinyhelen/README.md."""
+    if isinstance(row, str):
+        return row
+    if genre == "math":
+        return "### MATH INPUT:\n" + row["problem"] + "\n\n### RESPONSE:\n" + "\n".join(row["hints"])
+    if genre == "code":
+        return "### CODING INPUT:\n" + row["prompt"] + "\n\n### RESPONSE:\n" + row["response"]
+    return row["text"] if "text" in row else next(iter(row.values()))  # ori wiki: {"<idx>": text}
+
+
+@needs_real
+def test_the_one_reader_reads_every_shared_file():
+    """Every file of the shared release, row for row against json: the pre-training splits through the
+    layout reader (all rows, every corpus and split), Glue and Eval through the same row reader."""
+    files = [p for p in sorted(REAL.rglob("*")) if p.is_file() and p.name.endswith(SUFFIXES)]
+    assert len(files) == 60  # all but README.md, LICENSE and the statistics.txt files
+    raw = {}
+    for path in files:
+        text = read_raw(path)
+        if path.name.removesuffix(".zst").endswith(".json"):  # one array: rows are numbered by position
+            raw[path] = dict(enumerate(json.loads(text), 1))
+        else:
+            raw[path] = {n: json.loads(line) for n, line in enumerate(text.split("\n"), 1) if line.strip()}
+        assert dict(iter_rows(path)) == raw[path], path
+    seen = Counter()
+    for corpus in ("leaner", "ori"):
+        for split in ("train", "validation", "test"):
+            for d in iter_documents(REAL, corpus, split):
+                path = Path(d.path)
+                seen[path] += 1
+                assert d.text == readme_text(d.genre, raw[path][d.line])
+    assert seen == {p: len(raw[p]) for p in files if "10M" in p.parts}  # every row once
+    for path in (p for p in files if "glue" in p.parts):  # simplify reads Glue rows as documents
+        docs = list(simplify_documents(path))
+        assert [{**d.fields, **d.meta} for d in docs] == list(raw[path].values())
+        assert all(set(d.meta) == {"label", "idx"} for d in docs)
 
 
 def test_error_missing_folder(tmp_path):
