@@ -44,7 +44,7 @@ def genre_list_problem(text: str) -> str | None:
 @dataclass
 class EvalConfig:
     out_dir: str = "out/demo_llama"              # run folder holding ckpt.pt
-    data: str = "../shared/data/tinyhelen"       # TinyHelen-layout folder, or JSONL of {"text": ..., "genre"?: ...}
+    data: str = "../shared/data/tinyhelen"       # TinyHelen-layout folder, or JSONL of {"text", "genre"?}
     corpus: str = setting("leaner", choices=CORPORA)           # leaner | ori (folders only)
     split: str = setting("test", choices=SPLITS)               # train | validation | test (folders only)
     genres: str = setting("all", check=genre_list_problem)     # comma-separated genres, or all (folders only)

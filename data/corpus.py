@@ -98,7 +98,8 @@ def render_text(genre: str, fields: dict[str, str]) -> str:
     if genre == "math":
         return MATH_TEMPLATE.format(problem=fields.get("problem", ""), hints=fields.get("hints", ""))
     if genre == "instruction":
-        return task_prompt(fields.get("instruction", ""), fields.get("input", "")) + fields.get("response", "")
+        prompt = task_prompt(fields.get("instruction", ""), fields.get("input", ""))
+        return prompt + fields.get("response", "")
     if len(fields) == 1:
         (text,) = fields.values()
         return text

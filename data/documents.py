@@ -75,7 +75,8 @@ class Documents:
         return len(self.starts)
 
     def __repr__(self) -> str:
-        return f"Documents({self.name or 'in memory'}: {len(self)} documents, genres {', '.join(self.genres)})"
+        genres = ", ".join(self.genres)
+        return f"Documents({self.name or 'in memory'}: {len(self)} documents, genres {genres})"
 
     def tokens_of(self, i: int) -> np.ndarray:
         """The tokens of document i, without its eot."""
@@ -214,14 +215,14 @@ class _DocumentSource:
 
     def _use(self, indices: np.ndarray) -> None:
         if len(indices) == 0:
-            raise ValueError(f"no documents chosen for {type(self).__name__}: choose at least one batch's worth")
+            raise ValueError(f"no documents chosen for {type(self).__name__}: choose at least a batch's worth")
         self.documents = indices  # the current order of documents (int64 indices into the split)
         self._build()
 
     def _settings(self) -> dict:
         """What must match between a saved state and this source for a resume to be exact."""
-        return {"kind": type(self).__name__, "split_documents": len(self.docs), "global_batch": self.global_batch,
-                "shuffle": self.shuffle}
+        return {"kind": type(self).__name__, "split_documents": len(self.docs),
+                "global_batch": self.global_batch, "shuffle": self.shuffle}
 
     def state_dict(self) -> dict:
         return {**self._settings(), "epoch": self.epoch, "cursor": self.cursor, "seed": self.seed,

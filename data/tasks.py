@@ -94,7 +94,8 @@ def read_glue(root: str | Path, task: str, split: str) -> list[GlueExample]:
         where = f"{path}:{line}"
         texts = tuple(get_field(row, f, where, f"{task} row") for f in spec.text_fields)
         label = _glue_label(row, spec, where)
-        examples.append(GlueExample(task, texts, label, get_field(row, "idx", where, kind=int), str(path), line))
+        idx = get_field(row, "idx", where, kind=int)
+        examples.append(GlueExample(task, texts, label, idx, str(path), line))
     if not examples:
         raise DataError(f"{path} holds no examples")
     return examples
@@ -125,8 +126,8 @@ def read_eval(root: str | Path, name: str = "all") -> list[EvalQuestion]:
     path, questions, seen = files[name], [], {}
     for line, row in iter_json_lines(path):
         where = f"{path}:{line}"
-        q = EvalQuestion(*(get_field(row, f, where, "Leaner-Eval row") for f in ("question", "source", "hash")),
-                         str(path), line)
+        fields = (get_field(row, f, where, "Leaner-Eval row") for f in ("question", "source", "hash"))
+        q = EvalQuestion(*fields, str(path), line)
         if q.hash in seen:
             raise DataError(f"{where}: hash {q.hash[:16]}... was already used at line {seen[q.hash]}")
         seen[q.hash] = line
