@@ -19,7 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from data.corpus import GLUE_TASKS, DataError, GlueTask, iter_json_lines, get_field, task_prompt
+from data.corpus import GLUE_TASKS, DataError, GlueTask, get_field, iter_json_lines, task_prompt
 
 
 def _folder(root: str | Path, name: str) -> Path:

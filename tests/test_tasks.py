@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from data.corpus import GLUE_TASKS, DataError
-from data.tasks import (eval_files, glue_file, glue_splits, read_eval, read_glue, read_instructions)
+from data.tasks import eval_files, glue_file, glue_splits, read_eval, read_glue, read_instructions
 from tests.conftest import run_script
 
 FIXTURES = Path(__file__).parent / "fixtures"
