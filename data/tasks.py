@@ -19,6 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from data.corpus import GLUE_TASKS, DataError, GlueTask, get_field, iter_json_lines, task_prompt
 
 
@@ -99,6 +101,16 @@ def read_glue(root: str | Path, task: str, split: str) -> list[GlueExample]:
     if not examples:
         raise DataError(f"{path} holds no examples")
     return examples
+
+
+def holdout(examples: list, dev_fraction: float, seed: int = 0) -> tuple[list, list]:
+    """(train, dev): a seeded random dev_fraction of the examples held out, both in file order. For the
+    tasks whose train file the local copy lacks, fine-tune on part of the validation file (and say so)."""
+    if not 0 < dev_fraction < 1:
+        raise ValueError(f"dev_fraction must be between 0 and 1, got {dev_fraction}")
+    n_dev = max(1, round(len(examples) * dev_fraction))
+    dev = set(np.random.default_rng(seed).permutation(len(examples))[:n_dev].tolist())
+    return ([e for i, e in enumerate(examples) if i not in dev], [e for i, e in enumerate(examples) if i in dev])
 
 
 # ---- Leaner-Eval ----------------------------------------------------------------------------------------

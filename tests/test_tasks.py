@@ -16,7 +16,7 @@ import pytest
 import torch
 
 from data.corpus import GLUE_TASKS, DataError
-from data.tasks import eval_files, glue_file, glue_splits, read_eval, read_glue, read_instructions
+from data.tasks import eval_files, glue_file, glue_splits, holdout, read_eval, read_glue, read_instructions
 from tests.conftest import run_script
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -47,6 +47,15 @@ def test_glue_reads_every_real_task_file(shared_data):
             assert set(rows[0]) == {*spec.text_fields, "label", "idx"}  # the fields GLUE_TASKS names
     assert covered == {p.name for p in folder.glob("*.jsonl")}  # every file is some task's split
     assert glue_splits(shared_data / "leaner" / "glue", "mnli") == ["validation_matched", "validation_mismatched"]
+
+
+def test_holdout_splits_a_validation_file(shared_data):
+    examples = read_glue(shared_data, "sst2", "validation")
+    train, dev = holdout(examples, 0.2, seed=3)
+    assert len(dev) == round(len(examples) * 0.2) and len(train) + len(dev) == len(examples)
+    assert sorted(e.idx for e in train + dev) == sorted(e.idx for e in examples)  # disjoint, complete
+    assert [e.line for e in dev] == sorted(e.line for e in dev)  # file order kept
+    assert holdout(examples, 0.2, seed=3) == (train, dev) and holdout(examples, 0.2, seed=4)[1] != dev
 
 
 def write(path: Path, *rows) -> Path:
