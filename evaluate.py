@@ -33,12 +33,9 @@ from data.corpus import CORPORA, GENRES, SPLITS
 from sample import load_run_tokenizer
 
 
-def genre_list_problem(text: str) -> str | None:
-    """None for "all" or a comma list of known genres, else what the setting must be."""
-    names = [g.strip() for g in text.split(",") if g.strip()]
-    if text == "all" or (names and all(g in GENRES for g in names)):
-        return None
-    return f"must be all or a comma list of {', '.join(GENRES)}"
+def genre_names(text: str) -> list[str] | None:
+    """None for "all", else the genres of a comma list."""
+    return None if text == "all" else [g.strip() for g in text.split(",") if g.strip()]
 
 
 @dataclass
@@ -47,11 +44,19 @@ class EvalConfig:
     data: str = "../shared/data/tinyhelen"       # TinyHelen-layout folder, or JSONL of {"text", "genre"?}
     corpus: str = setting("leaner", choices=CORPORA)           # leaner | ori (folders only)
     split: str = setting("test", choices=SPLITS)               # train | validation | test (folders only)
-    genres: str = setting("all", check=genre_list_problem)     # comma-separated genres, or all (folders only)
+    genres: str = "all"                          # comma-separated genres, or all
     seq_len: int = setting(0, min=0)             # 0 = the seq_len the model was trained with
     batch_size: int = setting(8, min=1)
     max_tokens_per_genre: int = setting(0, min=0)  # 0 = every token; else a prefix of each genre
     device: str = setting("auto", check=machine_lib.check_device)  # auto | cpu | cuda | cuda:N
+
+    def __post_init__(self):
+        # A TinyHelen folder has a fixed set of genres; a JSONL file's rows may name any genre.
+        names = genre_names(self.genres)
+        if names is not None and (not names or Path(self.data).suffix != ".jsonl"
+                                  and any(g not in GENRES for g in names)):
+            raise ValueError(f"genres must be all or a comma list of {', '.join(GENRES)} for a folder "
+                             f"(any names for a .jsonl file), got {self.genres!r}")
 
 
 @torch.no_grad()
@@ -77,7 +82,7 @@ def evaluate(cfg: EvalConfig) -> dict:
 
     # The data first: a missing file or a bad row stops the command before a model is loaded. Rows of a
     # JSONL file that carry a "genre" get their own line in the breakdown, as a folder's genres do.
-    genres = None if cfg.genres == "all" else [g.strip() for g in cfg.genres.split(",") if g.strip()]
+    genres = genre_names(cfg.genres)
     texts_by_genre: dict[str, list[str]] = defaultdict(list)
     for doc in load_texts(cfg.data, corpus=cfg.corpus, split=cfg.split, genres=genres):
         texts_by_genre[doc.genre].append(doc.text)

@@ -221,7 +221,7 @@ def test_bad_settings_in_a_config_file_name_the_line(tmp_path):
 def test_other_entry_points_check_their_settings(tmp_path):
     for cmd, flag, message in [("sample.py", "--top_p=1.5", "top_p must be at most 1"),
                                ("sample.py", "--device=tpu", "device must be one of"),
-                               ("evaluate.py", "--genres=book,wikki", "genres must be all or a comma list"),
+                               ("evaluate.py", "--genres=book,wikki", "genres must be all or a comma list of web, book"),
                                ("evaluate.py", "--split=dev", "split must be one of train, validation, test")]:
         bad = run_script(cmd, f"--out_dir={tmp_path / 'none'}", flag, check=False)
         assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, (cmd, bad.stderr)
