@@ -7,12 +7,13 @@ Shapes (used in the comments below):
     Dh head dim (D // H)     F  FFN hidden width           V  vocabulary
     L  layers
 
-The whole model:
-    x = embedding(idx)                                     (B, T) token ids -> (B, T, D)
-    L times:
-        x = x + out(attention(rotary(qkv(rms_norm(x)))))   causal, query head h reads key/value head h·K/H
-        x = x + down(silu(gate(h)) * up(h)),  h = rms_norm(x)
-    logits = head(rms_norm(x))                             (B, T, V)
+The whole model, idx (B, T) token ids -> logits (B, T, V):
+    x = embedding(idx)                                          (B, T, D), the residual stream
+    L blocks, each
+        h = rms_norm(x);  q, k, v = split(h @ W_qkv)            H query heads, K key/value heads
+        x = x + attention(rotary(q), rotary(k), v) @ W_out      causal; query head h reads k/v head h // (H/K)
+        h = rms_norm(x);  x = x + (silu(h @ W_gate) * (h @ W_up)) @ W_down
+    logits = rms_norm(x) @ W_head
 
 Weight layout. Query, key and value are one D x (H + 2K)·Dh matrix, and SwiGLU's gate and up are
 one D x 2F matrix, so each block does two wide matmuls instead of five narrow ones (fewer kernel

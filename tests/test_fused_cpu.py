@@ -75,18 +75,22 @@ def test_swiglu_matches_autograd_reference(dtype):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_cross_entropy_matches_pytorch(dtype):
     torch.manual_seed(2)
+    """The C kernel against F.cross_entropy in float64 over the kept rows only: a loss mask at the
+    start (rows 0-6, a masked prompt), a run of 19 masked rows and every fifth row."""
     logits = (torch.randn(67, 53) * 5).to(dtype).requires_grad_()
     targets = torch.randint(0, 53, (67,))
-    targets[::5] = -1
+    masked = torch.zeros(67, dtype=torch.bool)
+    masked[:7] = masked[30:49] = masked[::5] = True
+    targets[masked] = -1
     loss = cross_entropy(logits, targets)
     got = torch.autograd.grad(loss * 3.0, logits)[0]  # a non-unit upstream gradient
-    want_loss = F.cross_entropy(logits.float(), targets, ignore_index=-1)
+    want_loss = F.cross_entropy(logits.double()[~masked], targets[~masked])
     want = torch.autograd.grad(want_loss * 3.0, logits)[0]
     assert loss.dtype == torch.float32 and got.dtype == dtype
-    torch.testing.assert_close(loss, want_loss, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(loss.double(), want_loss, atol=1e-5, rtol=1e-5)
     tol = dict(atol=1e-6, rtol=1e-5) if dtype == torch.float32 else dict(atol=2e-4, rtol=2e-2)
     torch.testing.assert_close(got.float(), want.float(), **tol)
-    assert not got[::5].any()  # ignored rows get no gradient
+    assert not got[masked].any()  # masked rows get no gradient
 
 
 def test_cross_entropy_edge_cases():
@@ -95,6 +99,8 @@ def test_cross_entropy_edge_cases():
     targets = torch.tensor([0, 5, 100, 1])
     with pytest.raises(ValueError, match="out of range"):
         cross_entropy(logits, targets)
+    with pytest.raises(ValueError, match="class ids or ignore_index=-1"):  # F.cross_entropy refuses it too
+        cross_entropy(logits, torch.tensor([0, -2, 3, 1]))
     # another ignore_index is honoured
     t = torch.tensor([0, -100, 3, -100])
     torch.testing.assert_close(cross_entropy(logits, t, ignore_index=-100),

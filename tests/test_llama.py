@@ -323,10 +323,13 @@ def test_compiles_without_graph_breaks():
 
 @pytest.mark.parametrize("n_kv_head", [4, 2])
 def test_compiled_model_gives_the_eager_loss_and_gradients(n_kv_head):
-    """Under torch.compile RMSNorm and rotary take other code paths (formulas Inductor can fuse,
-    real instead of complex arithmetic): the compiled step must match eager."""
+    """Under torch.compile every kernel op takes another code path (formulas Inductor can fuse, real
+    instead of complex rotary arithmetic, F.cross_entropy for the C kernel): the compiled step must
+    match eager, loss mask included (a masked start, a row with nothing scored)."""
     model = random_llama(tiny_config(n_kv_head=n_kv_head)).train()
     torch.manual_seed(3)
-    idx = torch.randint(0, 97, (2, 21))
-    targets = torch.cat([idx[:, 1:], torch.full((2, 1), -1)], dim=1)
+    idx = torch.randint(0, 97, (3, 21))
+    targets = torch.cat([idx[:, 1:], torch.full((3, 1), -1)], dim=1)
+    targets[0, :6] = -1
+    targets[1] = -1
     assert_compiled_matches_eager(model, idx, targets, grad_atol=1e-5, loss_tol=1e-5)
