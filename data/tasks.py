@@ -89,8 +89,16 @@ def _glue_label(row: dict, spec: GlueTask, where: str) -> int | float:
 def read_glue(root: str | Path, task: str, split: str) -> list[GlueExample]:
     """Every example of one task's split, checked: text fields are strings, the label is of the task's
     type and range, idx is an int."""
+    return read_glue_file(glue_file(root, task, split), task)
+
+
+def read_glue_file(path: str | Path, task: str) -> list[GlueExample]:
+    """Every example of a file of one task's rows (any split, such as the release's labelled
+    TASK_test.jsonl), checked as read_glue checks them."""
     spec = glue_task(task)
-    path = glue_file(root, task, split)
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"Leaner-Glue {task} file not found: {path}")
     examples = []
     for line, row in iter_json_lines(path):
         where = f"{path}:{line}"

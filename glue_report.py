@@ -1,0 +1,170 @@
+"""The Leaner-Glue table and chart of one or more fine-tuning sweeps (finetune_glue.py's out folders).
+
+    python glue_report.py --sweeps=out/glue/leaner_llama,out/glue/ori_llama,out/glue/scratch_llama \
+        --out=out/glue/summary          # writes out/glue/summary.md and out/glue/summary.png
+
+For each model and task the learning rate with the best mean dev score over seeds is selected, and the
+table gives the mean and standard deviation over those seeds of the test score (when every run of the
+table has a test file) or else of the dev score; the latter is optimistic, since the same dev set
+chose the step and the learning rate, and the table says so. Scores are GLUE's, x100. The average is
+taken per seed over the tasks of the row (mnli counts once, as the mean of matched and mismatched),
+then its mean and standard deviation over seeds. Tasks whose dev set was held out of the validation
+file (no train file in the local copy) are marked.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import config as config_lib
+from atomic import atomic_file, atomic_write_text
+from data.corpus import GLUE_TASKS
+
+LABELS = {"cola": "cola (MCC)", "mrpc": "mrpc (F1/acc)", "qqp": "qqp (F1/acc)", "stsb": "stsb (P/S corr)",
+          "mnli-m": "mnli-m (acc)", "mnli-mm": "mnli-mm (acc)"}
+
+
+def read_results(sweep_dir: str | Path) -> list[dict]:
+    """Every finished run's result under a sweep folder (OUT/TASK/RUN/result.json)."""
+    folder = Path(sweep_dir)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no sweep folder {folder}: give the --out_dir of a finetune_glue.py command")
+    return [json.loads(p.read_text()) for p in sorted(folder.glob("*/*/result.json"))]
+
+
+def _columns(task: str) -> list[str]:
+    return ["mnli-m", "mnli-mm"] if task == "mnli" else [task]
+
+
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def summarize(results: list[dict]) -> dict:
+    """{"scored": "test" | "dev", "columns": [...], "rows": {model: {column: (mean, std, n, lr)}},
+    "held_out": {task,...}, "majority": {column: dev score}}, the learning rate selected per model and
+    task by its mean dev score over seeds."""
+    scored = "test" if results and all("test" in r for r in results) else "dev"
+    by = defaultdict(lambda: defaultdict(list))  # (model, task) -> lr -> results
+    for r in results:
+        by[r["model"], r["task"]][r["lr"]].append(r)
+    tasks = [t for t in GLUE_TASKS if any(t == task for _, task in by)]
+    columns = [c for t in tasks for c in _columns(t)]
+    rows: dict[str, dict] = {}
+    per_seed: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for (model, task), by_lr in by.items():
+        lr = max(by_lr, key=lambda lr: statistics.fmean(r["dev"] for r in by_lr[lr]))
+        chosen = sorted(by_lr[lr], key=lambda r: r["seed"])
+        for column, key in zip(_columns(task), (scored, f"{scored}_mm")):
+            rows.setdefault(model, {})[column] = (*_mean_std([r[key] for r in chosen]), len(chosen), lr)
+        for r in chosen:
+            per_seed[model][r["seed"]].append((r[scored] + r[f"{scored}_mm"]) / 2 if task == "mnli" else r[scored])
+    for model, seeds in per_seed.items():
+        n_tasks = sum(1 for (m, _) in by if m == model)
+        complete = [statistics.fmean(v) for v in seeds.values() if len(v) == n_tasks]
+        if complete:
+            rows[model]["average"] = (*_mean_std(complete), len(complete), None)
+    held_out = {r["task"] for r in results if r.get("data", {}).get("dev_held_out_of_validation")}
+    majority = {}
+    for r in results:
+        majority.setdefault(_columns(r["task"])[0], r.get("majority_dev"))
+    return {"scored": scored, "columns": columns, "rows": rows, "held_out": held_out, "majority": majority}
+
+
+def markdown(summary: dict) -> str:
+    columns, held_out = summary["columns"], summary["held_out"]
+    label = lambda c: LABELS.get(c, f"{c} (acc)") + (" †" if c.split("-")[0] in held_out else "")  # noqa: E731
+    head = ["model", *map(label, columns), "average"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for model, cells in summary["rows"].items():
+        row = [model]
+        for c in [*columns, "average"]:
+            row.append(f"{100 * cells[c][0]:.1f} ± {100 * cells[c][1]:.1f}" if c in cells else "")
+        lines.append("| " + " | ".join(row) + " |")
+    if summary["scored"] == "dev":
+        majority = [f"{100 * summary['majority'][c]:.1f}" if summary["majority"].get(c) is not None else ""
+                    for c in columns]
+        lines.append("| " + " | ".join(["majority class (dev)", *majority, ""]) + " |")
+    lines += ["", "Learning rate selected (by mean dev score) and seeds per cell:", "",
+              "| model | " + " | ".join(columns) + " |", "|" + "---|" * (len(columns) + 1)]
+    for model, cells in summary["rows"].items():
+        lines.append("| " + " | ".join([model] + [f"{cells[c][3]:g} ({cells[c][2]})" if c in cells else ""
+                                                    for c in columns]) + " |")
+    lines.append("")
+    lines.append(f"Mean ± standard deviation over seeds, x100, of the {summary['scored']} score."
+                 + (" No test files were given: these are dev scores of the step and learning rate that the "
+                    "same dev set selected, so they are optimistic." if summary["scored"] == "dev" else ""))
+    if held_out:
+        lines.append(f"† {', '.join(sorted(held_out))}: the local copy has no train file; the validation file was "
+                     f"split with a fixed seed into train and a held-out dev set.")
+    return "\n".join(lines) + "\n"
+
+
+def bar_chart(summary: dict, png_path: str | Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    columns = [*summary["columns"], "average"]
+    models = list(summary["rows"])
+    width = 0.8 / max(1, len(models))
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(columns) + 2), 4.2), dpi=110)
+    x = np.arange(len(columns))
+    for i, model in enumerate(models):
+        cells = summary["rows"][model]
+        means = [100 * cells[c][0] if c in cells else np.nan for c in columns]
+        stds = [100 * cells[c][1] if c in cells else 0.0 for c in columns]
+        ax.bar(x + (i - (len(models) - 1) / 2) * width, means, width, yerr=stds, capsize=3, label=model)
+    ax.set_xticks(x, columns, rotation=20)
+    ax.set_ylabel(f"{summary['scored']} score (x100)")
+    ax.set_title(f"Leaner-Glue, mean ± std over seeds ({summary['scored']})")
+    ax.axhline(0, color="black", linewidth=0.6)
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    try:
+        with atomic_file(png_path) as f:
+            fig.savefig(f, format="png")
+    finally:
+        plt.close(fig)
+
+
+def write_summary(results: list[dict], prefix: str | Path) -> str:
+    """PREFIX.md (the table) and PREFIX.png (the bar chart) of these results; returns the table."""
+    summary = summarize(results)
+    table = markdown(summary)
+    prefix = Path(prefix)
+    atomic_write_text(prefix.with_suffix(".md"), table)
+    bar_chart(summary, prefix.with_suffix(".png"))
+    return table
+
+
+@dataclass
+class ReportConfig:
+    sweeps: tuple[str, ...] = ()    # the --out_dir of each finetune_glue.py sweep, one row (or more) each
+    out: str = "out/glue/summary"   # writes OUT.md and OUT.png
+
+
+def main(cfg: ReportConfig) -> None:
+    if not cfg.sweeps:
+        print("error: give --sweeps=DIR[,DIR...]: the --out_dir of finetune_glue.py sweeps", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        results = [r for d in cfg.sweeps for r in read_results(d)]
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+    if not results:
+        print(f"error: no finished runs (TASK/RUN/result.json) under {', '.join(cfg.sweeps)}", file=sys.stderr)
+        raise SystemExit(2)
+    print(write_summary(results, cfg.out))
+    print(f"wrote {Path(cfg.out).with_suffix('.md')} and {Path(cfg.out).with_suffix('.png')}")
+
+
+if __name__ == "__main__":
+    config_lib.run_cli(main, ReportConfig())
