@@ -2,8 +2,8 @@
 the GLUE tasks rewritten in simple language, and score it as GLUE does.
 
     python finetune_glue.py configs/glue_cpu.py --task=rte --init_from=out/leaner_llama
-    python finetune_glue.py configs/glue_cpu.py --task=all --init_from=out/leaner_llama --lrs=1e-4,1e-3 --seeds=1,53,65
-    python finetune_glue.py configs/glue_cpu.py --task=cola --init_from=scratch:out/leaner_llama   # random weights
+    python finetune_glue.py configs/glue_cpu.py --task=all --init_from=out/leaner_llama --lrs=1e-4,1e-3
+    python finetune_glue.py configs/glue_cpu.py --task=cola --init_from=scratch:out/leaner_llama  # random
     python finetune_glue.py ... --test_dir=PATH    # the release's labelled TASK_test*.jsonl files
 
 The model: the backbone's final-normed hidden state at the LAST REAL token of each sequence (batches
@@ -81,8 +81,8 @@ def _check_positive(values) -> str | None:
 class GlueConfig(TrainConfig):
     task: str = setting("rte", check=_check_tasks)   # a task, a comma list, or all
     glue_dir: str = "../shared/data/tinyhelen/leaner/glue"
-    init_from: str = ""        # a train.py run (folder or ckpt.pt), a transformers folder, scratch, scratch:RUN
-    tokenizer: str = ""        # for scratch or a transformers folder: a run/data folder, tokenizer.json, cl100k_base
+    init_from: str = ""  # a train.py run (folder or ckpt.pt), a transformers folder, scratch, scratch:RUN
+    tokenizer: str = ""  # for scratch / transformers: a run or data folder, tokenizer.json, cl100k_base
     name: str = ""             # the model's row in tables; default: the init_from folder's name
     test_file: str = ""        # a labelled test file of the (single) task
     test_dir: str = ""         # a folder of TASK_test.jsonl files (mnli: mnli_test_matched/mismatched.jsonl)
@@ -94,7 +94,7 @@ class GlueConfig(TrainConfig):
     eval_every: int = setting(0, min=0)        # 0: evals_per_epoch times per epoch
     evals_per_epoch: int = setting(2, min=1)
     eval_batch_size: int = setting(64, min=1)
-    dev_fraction: float = setting(0.2, above=0, max=0.5)  # of a validation file held out as dev (no train file)
+    dev_fraction: float = setting(0.2, above=0, max=0.5)  # of validation held out as dev (no train file)
     max_train: int = setting(0, min=0)         # use at most this many training examples (0: all)
     bucket: int = setting(16, min=0)           # length-sort runs of this many batches (0: no bucketing)
     keep_checkpoints: bool = False             # keep each run's ckpt.pt (model and optimizer: large)
@@ -112,10 +112,14 @@ class GlueConfig(TrainConfig):
     ckpt_every: int = setting(10**9, min=1)   # the Trainer's end-of-run checkpoint only
     sample_tokens: int = setting(0, min=0)
     compile: bool = False     # batch shapes vary; eager runs the fused CPU kernels anyway
+    resume: bool = setting(False, check=lambda v: None if not v else (
+        "is not a fine-tuning setting: a sweep restarted with the same command skips its finished runs "
+        "and starts unfinished ones again"))
 
     def __post_init__(self):
         super().__post_init__()
-        bad = [k for k, v in self.task_epochs.items() if k not in GLUE_TASKS or not isinstance(v, int) or v < 1]
+        bad = [k for k, v in self.task_epochs.items()
+               if k not in GLUE_TASKS or not isinstance(v, int) or v < 1]
         if bad:
             raise ValueError(f"task_epochs: {bad[0]!r} must be a task ({', '.join(GLUE_TASKS)}) with a "
                              f"whole number of epochs >= 1")
@@ -179,13 +183,13 @@ def test_files(cfg: GlueConfig, task: str) -> dict[str, Path]:
         if not path.is_file():
             present = sorted(p.name for p in Path(cfg.test_dir).glob("*_test*.jsonl")) if \
                 Path(cfg.test_dir).is_dir() else []
-            raise DataError(f"--test_dir: {path} not found (test files there: {', '.join(present) or 'none'})")
+            raise DataError(f"--test_dir: {path} not found (test files there: "
+                            f"{', '.join(present) or 'none'})")
     return files
 
 
 def load_task(cfg: GlueConfig, task: str, tokenizer) -> TaskData:
     """Read, check and tokenize one task's train, dev and test sets (before any model is built)."""
-    spec = glue_task(task)
     enc = lambda examples, source: encode(examples, tokenizer, cfg.seq_len, source)  # noqa: E731
     held_out = "train" not in glue_splits(cfg.glue_dir, task)
     dev_names = {"dev": "validation_matched", "dev_mm": "validation_mismatched"} if task == "mnli" else \
@@ -215,7 +219,6 @@ def load_task(cfg: GlueConfig, task: str, tokenizer) -> TaskData:
         raise config_lib.ConfigError(f"{task} has {len(train)} training examples, fewer than one batch of "
                                      f"--batch_size={cfg.batch_size}: lower it")
     test = {k: enc(read_glue_file(p, task), str(p)) for k, p in test_files(cfg, task).items()}
-    assert spec.name == task
     return TaskData(task, enc(train, train_source), dev, test, held_out)
 
 
@@ -238,7 +241,8 @@ class SequenceClassifier(nn.Module):
 
     def num_params(self, non_embedding: bool = True) -> int:
         """Parameters, the token embedding left out when non_embedding (the LM head is gone)."""
-        skip = {id(m.weight) for m in self.modules() if isinstance(m, nn.Embedding)} if non_embedding else set()
+        embeddings = [m.weight for m in self.modules() if isinstance(m, nn.Embedding)]
+        skip = {id(w) for w in embeddings} if non_embedding else set()
         return sum(p.numel() for p in self.parameters() if id(p) not in skip)
 
     def forward(self, x: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor | None = None):
@@ -290,7 +294,8 @@ def majority_score(task: str, train: Encoded, dev: Encoded) -> float:
 
 
 @torch.no_grad()
-def predict(model: SequenceClassifier, data: Encoded, batch_size: int, max_len: int, device, autocast) -> np.ndarray:
+def predict(model: SequenceClassifier, data: Encoded, batch_size: int, max_len: int, device,
+            autocast) -> np.ndarray:
     """Outputs (N, n_outputs) for every example, in batches of similar length."""
     was_training = model.training
     model.eval()
@@ -356,9 +361,10 @@ class DevSelection:
     def __call__(self, trainer: Trainer) -> dict:
         scores = {}
         for name, split in self.data.dev.items():
-            outputs = predict(trainer.model, split, self.cfg.eval_batch_size, self.cfg.seq_len, trainer.device,
-                              trainer.autocast)
-            scores.update({f"{name}_{k}": v for k, v in glue_metrics(self.data.task, outputs, split.labels).items()})
+            outputs = predict(trainer.model, split, self.cfg.eval_batch_size, self.cfg.seq_len,
+                              trainer.device, trainer.autocast)
+            metrics = glue_metrics(self.data.task, outputs, split.labels)
+            scores.update({f"{name}_{k}": v for k, v in metrics.items()})
         if scores["dev_score"] > self.best:
             self.best, self.best_step, self.best_metrics = scores["dev_score"], trainer.step, dict(scores)
             self.best_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
@@ -390,8 +396,8 @@ def load_tokenizer_from(spec: str | Path, meta: dict | None = None):
     if (folder / "tinyhelen_tokenizer.json").is_file():
         return load_tokenizer(str(folder / "tinyhelen_tokenizer.json"))
     if not folder.is_dir():
-        raise CheckpointError(f"--tokenizer={spec}: no such file or folder (give a run folder, a prepared data "
-                              f"folder, a tokenizer.json or cl100k_base)")
+        raise CheckpointError(f"--tokenizer={spec}: no such file or folder (give a run folder, a prepared "
+                              f"data folder, a tokenizer.json or cl100k_base)")
     return load_run_tokenizer(folder, meta or {})
 
 
@@ -422,12 +428,12 @@ def resolve_start(cfg: GlueConfig) -> Start:
     kind = type(model_config).__name__.removesuffix("Config").lower()
     name = cfg.name or (f"scratch_{kind}" if scratch else Path(weights).resolve().name.removesuffix(".pt"))
     if tokenizer.vocab_size > model_config.vocab_size:
-        raise config_lib.ConfigError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's vocabulary "
-                                     f"is {model_config.vocab_size}: they do not belong together")
+        raise config_lib.ConfigError(f"the tokenizer has {tokenizer.vocab_size} tokens but the model's "
+                                     f"vocabulary is {model_config.vocab_size}: they do not belong together")
     max_len = getattr(model_config, "max_seq_len", None)
     if max_len is not None and cfg.seq_len > max_len:
-        raise config_lib.ConfigError(f"--seq_len={cfg.seq_len} is longer than the model's max_seq_len {max_len}: "
-                                     f"lower --seq_len")
+        raise config_lib.ConfigError(f"--seq_len={cfg.seq_len} is longer than the model's max_seq_len "
+                                     f"{max_len}: lower --seq_len")
     meta = {**meta, "tokenizer_name": tokenizer.name, "vocab_size": tokenizer.vocab_size,
             "eot_id": tokenizer.eot_id}
     return Start(model_config, "" if scratch else cfg.init_from, tokenizer, meta, name)
@@ -441,13 +447,13 @@ def run_dir(cfg: GlueConfig, task: str, lr: float, seed: int) -> Path:
 
 def run_settings(cfg: GlueConfig, start: Start, data: TaskData, lr: float, seed: int) -> dict:
     """Everything that decides a run's outcome: a finished run is reused only when these are equal."""
-    keys = ("batch_size", "seq_len", "max_steps", "eval_every", "evals_per_epoch", "dev_fraction", "max_train",
-            "bucket", "min_lr", "warmup_steps", "decay", "weight_decay", "beta1", "beta2", "grad_clip",
-            "grad_accum", "dtype", "glue_dir")
+    keys = ("batch_size", "seq_len", "max_steps", "eval_every", "evals_per_epoch", "dev_fraction",
+            "max_train", "bucket", "min_lr", "warmup_steps", "decay", "weight_decay", "beta1", "beta2",
+            "grad_clip", "grad_accum", "dtype", "glue_dir")
     settings = {k: getattr(cfg, k) for k in keys}
-    settings.update(task=data.task, lr=lr, seed=seed, epochs=cfg.epochs or cfg.task_epochs.get(data.task, PAPER_EPOCHS[data.task]),
-                    init_from=start.init_from, model=config_lib.to_dict(start.model_config) | {
-                        "__class__": type(start.model_config).__name__},
+    epochs = cfg.epochs or cfg.task_epochs.get(data.task, PAPER_EPOCHS[data.task])
+    model = {**config_lib.to_dict(start.model_config), "__class__": type(start.model_config).__name__}
+    settings.update(task=data.task, lr=lr, seed=seed, epochs=epochs, init_from=start.init_from, model=model,
                     tokenizer=start.tokenizer.name, train_examples=len(data.train.labels),
                     test={k: v.source for k, v in data.test.items()}, separator=SEPARATOR)
     return json.loads(json.dumps(settings))  # as it reads back from result.json
@@ -485,7 +491,8 @@ def finetune(cfg: GlueConfig, start: Start, data: TaskData, lr: float, seed: int
             for name, split in data.test.items()}
     result = {
         "task": task, "model": start.name, "metric": MAIN_METRIC.get(task, "accuracy"),
-        "dev": selection.best, **({"dev_mm": selection.best_metrics["dev_mm_score"]} if "dev_mm" in data.dev else {}),
+        "dev": selection.best,
+        **({"dev_mm": selection.best_metrics["dev_mm_score"]} if "dev_mm" in data.dev else {}),
         **{name: m["score"] for name, m in test.items()},
         "lr": lr, "seed": seed, "best_step": selection.best_step, "steps": steps,
         "majority_dev": majority_score(task, data.train, data.dev["dev"]),
@@ -495,7 +502,7 @@ def finetune(cfg: GlueConfig, start: Start, data: TaskData, lr: float, seed: int
                  "dev_examples": {k: len(v.labels) for k, v in data.dev.items()},
                  "dev_held_out_of_validation": data.held_out, "truncated_train": data.train.truncated,
                  "pair_separator": SEPARATOR if len(spec.text_fields) > 1 else None},
-        "init_report": {k: len(v) for k, v in (trainer.init_report or {"loaded": [], "new": [], "dropped": []}).items()},
+        "init_report": {k: len(v) for k, v in trainer.init_report.items()} if trainer.init_report else None,
         "wall_s": round(time.perf_counter() - began, 2), "settings": settings,
     }
     atomic_write_json(out / "result.json", result)
@@ -546,7 +553,8 @@ def sweep(cfg: GlueConfig) -> list[dict]:
           f"{sum(d is None for *_, d in runs)} of {len(runs)} runs to do", flush=True)
     for task, lr, seed, done in runs:
         if done is not None:
-            print(f"{task} lr {lr:g} seed {seed}: done earlier ({run_dir(cfg, task, lr, seed) / 'result.json'})")
+            path = run_dir(cfg, task, lr, seed) / "result.json"
+            print(f"{task} lr {lr:g} seed {seed}: done earlier ({path})")
     results = [done for *_, done in runs if done is not None]
     todo = [(t, lr, s) for t, lr, s, done in runs if done is None]
     if todo:

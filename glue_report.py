@@ -63,7 +63,8 @@ def summarize(results: list[dict]) -> dict:
         for column, key in zip(_columns(task), (scored, f"{scored}_mm")):
             rows.setdefault(model, {})[column] = (*_mean_std([r[key] for r in chosen]), len(chosen), lr)
         for r in chosen:
-            per_seed[model][r["seed"]].append((r[scored] + r[f"{scored}_mm"]) / 2 if task == "mnli" else r[scored])
+            score = (r[scored] + r[f"{scored}_mm"]) / 2 if task == "mnli" else r[scored]  # mnli counts once
+            per_seed[model][r["seed"]].append(score)
     for model, seeds in per_seed.items():
         n_tasks = sum(1 for (m, _) in by if m == model)
         complete = [statistics.fmean(v) for v in seeds.values() if len(v) == n_tasks]
@@ -78,7 +79,10 @@ def summarize(results: list[dict]) -> dict:
 
 def markdown(summary: dict) -> str:
     columns, held_out = summary["columns"], summary["held_out"]
-    label = lambda c: LABELS.get(c, f"{c} (acc)") + (" †" if c.split("-")[0] in held_out else "")  # noqa: E731
+
+    def label(column: str) -> str:
+        return LABELS.get(column, f"{column} (acc)") + (" †" if column.split("-")[0] in held_out else "")
+
     head = ["model", *map(label, columns), "average"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for model, cells in summary["rows"].items():
@@ -100,8 +104,8 @@ def markdown(summary: dict) -> str:
                  + (" No test files were given: these are dev scores of the step and learning rate that the "
                     "same dev set selected, so they are optimistic." if summary["scored"] == "dev" else ""))
     if held_out:
-        lines.append(f"† {', '.join(sorted(held_out))}: the local copy has no train file; the validation file was "
-                     f"split with a fixed seed into train and a held-out dev set.")
+        lines.append(f"† {', '.join(sorted(held_out))}: the local copy has no train file; the validation file "
+                     f"was split with a fixed seed into train and a held-out dev set.")
     return "\n".join(lines) + "\n"
 
 
@@ -160,7 +164,8 @@ def main(cfg: ReportConfig) -> None:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
     if not results:
-        print(f"error: no finished runs (TASK/RUN/result.json) under {', '.join(cfg.sweeps)}", file=sys.stderr)
+        print(f"error: no finished runs (TASK/RUN/result.json) under {', '.join(cfg.sweeps)}",
+              file=sys.stderr)
         raise SystemExit(2)
     print(write_summary(results, cfg.out))
     print(f"wrote {Path(cfg.out).with_suffix('.md')} and {Path(cfg.out).with_suffix('.png')}")

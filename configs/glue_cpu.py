@@ -29,7 +29,8 @@ seeds = (1, 53, 65)
 batch_size = 32
 eval_batch_size = 128
 seq_len = 256
-task_epochs = {"cola": 3, "sst2": 5, "mrpc": 3, "qqp": 1, "stsb": 3, "mnli": 1, "qnli": 3, "rte": 3, "wnli": 5}
+task_epochs = {"cola": 3, "sst2": 5, "mrpc": 3, "qqp": 1, "stsb": 3, "mnli": 1, "qnli": 3, "rte": 3,
+               "wnli": 5}
 decay = "linear"
 min_lr = 0.0
 warmup_steps = 0
