@@ -82,7 +82,7 @@ class LlamaConfig:
 
 
 def rotary_table(head_dim: int, max_seq_len: int, theta: float) -> torch.Tensor:
-    """(max_seq_len, 1, Dh/2, 2) float32: cos and sin of position x frequency, for apply_rotary.
+    """(max_seq_len, 1, Dh/2, 2) float32: cos and sin of position x frequency, for kernels.apply_rotary.
 
     Frequency j is theta^(-2j/Dh): the first pairs of a head turn fast (local order), the last
     slowly (long range). The angles are computed in fp32 exactly as `transformers` computes them, so

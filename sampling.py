@@ -1,6 +1,7 @@
 """Choosing the next token from logits: temperature, top-k and nucleus (top-p) sampling.
 
-Shared by every model's generate(), so that Llama and Mamba sample the same way.
+Used by the one generation loop (model_common.LanguageModel.generate), so that Llama and Mamba
+sample the same way.
 Shapes: B batch, V vocabulary.
 """
 
