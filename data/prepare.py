@@ -1,7 +1,7 @@
 """Turn the TinyHelen text into token files that training reads with a memory map.
 
     python data/prepare.py [--data_root=../shared/data/tinyhelen] [--corpus=leaner] [--genres=all|book,wiki]
-                           [--tokenizer=train|cl100k_base|PATH] [--out_dir=out/data/leaner]
+                           [--tokenizer=train|cl100k_base|compact:N|PATH] [--out_dir=out/data/leaner]
 
 For each split (train, validation, test) it writes into out_dir:
     SPLIT.bin       the token stream (uint16, or uint32 for a vocabulary over 65,536 such as cl100k_base):
@@ -53,7 +53,9 @@ class PrepareConfig:
     corpus: str = "leaner"  # leaner (simplified) or ori (original)
     scale: str = DEFAULT_SCALE
     genres: str = "all"  # "all" or a comma list such as book,wiki,math
-    tokenizer: str = "train"  # train (gpt-2K on the train split), cl100k_base, or a tokenizer.json path
+    # train (gpt-2K on the train split), cl100k_base, compact:N (cl100k_base cut to the N ids most used
+    # on the train split, data/compact_tokenizer.py), or a tokenizer.json path
+    tokenizer: str = "train"
     vocab_size: int = 2000  # for tokenizer=train
     out_dir: str = ""  # "": out/data/CORPUS
     download_dir: str = "out/download/tinyhelen"  # where a downloaded release goes
@@ -126,6 +128,18 @@ def build_tokenizer(cfg: PrepareConfig, root: Path, plan: dict, out_dir: Path) -
               f"({', '.join(plan['train'])})")
         texts = (d.text for d in iter_documents(root, cfg.corpus, "train", plan["train"], cfg.scale))
         tok = Tokenizer.train(texts, vocab_size=cfg.vocab_size)
+    elif cfg.tokenizer.startswith("compact:"):
+        from data.compact_tokenizer import build_from_texts
+        size = cfg.tokenizer.removeprefix("compact:")
+        if not size.isdigit() or not plan["train"]:
+            raise DataError(f"--tokenizer={cfg.tokenizer}: give compact:N with N the number of ids "
+                            f"(e.g. compact:4000), and data with a train split to count tokens on")
+        print(f"cutting cl100k_base to the {size} ids most used on {cfg.corpus} train ({', '.join(plan['train'])})")
+        texts = (d.text for d in iter_documents(root, cfg.corpus, "train", plan["train"], cfg.scale))
+        try:
+            tok = build_from_texts(texts, int(size))
+        except ValueError as e:
+            raise DataError(f"--tokenizer={cfg.tokenizer}: {e}") from None
     else:
         try:
             tok = load_tokenizer(cfg.tokenizer)

@@ -62,12 +62,15 @@ class Tokenizer:
     """Encode text to ids and back. Build with train(), load(), cl100k() or load_tokenizer()."""
 
     def __init__(self, encoding: tiktoken.Encoding, name: str, eot_id: int,
-                 merges: list[tuple[int, int]] | None = None):
+                 merges: list[tuple[int, int]] | None = None, compact: dict | None = None):
         self._enc = encoding
         self.name = name
         self.eot_id = eot_id
         self.vocab_size = encoding.n_vocab
         self._merges = merges  # None for tokenizers we did not train (cl100k_base)
+        # A compact tokenizer (data/compact_tokenizer.py) keeps {"base": name, "base_ids": [...]}:
+        # base_ids[i] is the id in the large tokenizer of compact id i (inherit.py maps rows by it).
+        self.compact = compact
 
     def __repr__(self) -> str:
         return f"Tokenizer(name={self.name!r}, vocab_size={self.vocab_size}, eot_id={self.eot_id})"
@@ -149,6 +152,8 @@ class Tokenizer:
             raise ValueError(f"{path}: not a tinyhelen tokenizer (expected \"format\": \"{FORMAT}\")")
         if data.get("builtin") == "cl100k_base":
             return cls.cl100k()
+        if data.get("kind") == "compact":
+            return cls.from_compact_file(data, path)
         if data.get("pattern", GPT2_SPLIT) != GPT2_SPLIT:
             raise ValueError(f"{path}: its pre-tokenizer pattern differs from GPT-2's, which this code uses")
         tok = cls.from_merges(data["merges"], name=data.get("name", GPT2K_NAME))
@@ -156,8 +161,30 @@ class Tokenizer:
             raise ValueError(f"{path}: vocab_size/eot_id in the file disagree with its merges")
         return tok
 
+    @classmethod
+    def from_compact_file(cls, data: dict, path: Path) -> "Tokenizer":
+        """A compact tokenizer as save() writes it: each kept token's bytes (hex) and its base id, in
+        rank order (a token's id is its BPE merge priority, as in tiktoken), then the special tokens."""
+        try:
+            tokens = [bytes.fromhex(t) for _, t in data["tokens"]]
+            base_ids = [int(b) for b, _ in data["tokens"]]
+            specials = {str(k): int(v) for k, v in data["special_tokens"].items()}
+            base_ids += [int(b) for b in data["special_base_ids"]]
+            pattern, eot_id = data["pattern"], int(data["eot_id"])
+        except (KeyError, ValueError, TypeError) as e:
+            raise ValueError(f"{path}: a malformed compact tokenizer file ({type(e).__name__}: {e})") from None
+        ranks = {t: i for i, t in enumerate(tokens)}
+        if len(ranks) != len(tokens) or len(base_ids) != len(tokens) + len(specials):
+            raise ValueError(f"{path}: duplicate tokens, or base ids that do not match the tokens")
+        encoding = tiktoken.Encoding(name=data.get("name", "compact"), pat_str=pattern, mergeable_ranks=ranks,
+                                     special_tokens=specials, explicit_n_vocab=len(tokens) + len(specials))
+        return cls(encoding, data.get("name", "compact"), eot_id,
+                   compact={"base": data.get("base", ""), "base_ids": base_ids, "pattern": pattern})
+
     def save(self, path: str | os.PathLike) -> None:
         """Write one small JSON file atomically (a crash leaves the old file or none, never half)."""
+        if self.compact is not None:
+            return self._save_compact(path)
         data = {"format": FORMAT, "name": self.name, "vocab_size": self.vocab_size, "eot_id": self.eot_id,
                 "special_tokens": {EOT: self.eot_id}, "pattern": GPT2_SPLIT}
         if self._merges is None:
@@ -171,6 +198,18 @@ class Tokenizer:
             lines.append(' "merges": [\n' + ",\n".join(f"  {json.dumps(m)}" for m in merges) + "\n ]")
         text = "{\n" + ",\n".join(lines) + "\n}"
         atomic_write_bytes(Path(path), (text + "\n").encode("utf-8"))
+
+    def _save_compact(self, path: str | os.PathLike) -> None:
+        specials = self._enc._special_tokens
+        n_regular = self.vocab_size - len(specials)
+        base_ids = self.compact["base_ids"]
+        head = {"format": FORMAT, "kind": "compact", "name": self.name, "base": self.compact["base"],
+                "vocab_size": self.vocab_size, "eot_id": self.eot_id, "special_tokens": specials,
+                "special_base_ids": base_ids[n_regular:], "pattern": self.compact["pattern"]}
+        lines = [f" {json.dumps(k)}: {json.dumps(v)}" for k, v in head.items()]
+        rows = ",\n".join(f"  [{base_ids[i]}, \"{self.token_bytes(i).hex()}\"]" for i in range(n_regular))
+        lines.append(' "tokens": [\n' + rows + "\n ]")
+        atomic_write_bytes(Path(path), ("{\n" + ",\n".join(lines) + "\n}\n").encode("utf-8"))
 
     def to_hf(self):
         """An equivalent `tokenizers.Tokenizer` with the same ids (for export and as a test oracle)."""
@@ -229,7 +268,7 @@ def _load_cl100k() -> tiktoken.Encoding:
 
 
 def load_tokenizer(spec: str | os.PathLike) -> Tokenizer:
-    """A saved tokenizer file, or the name "cl100k_base"."""
+    """A saved tokenizer file (gpt-2K or compact), or the name "cl100k_base"."""
     if str(spec) == "cl100k_base":
         return Tokenizer.cl100k()
     return Tokenizer.load(spec)
