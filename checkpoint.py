@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import dataclasses
 import importlib
-import json
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,9 +28,6 @@ from pathlib import Path
 import torch
 
 from atomic import atomic_file
-
-# transformers model_type -> our model config class, for init_from on a transformers folder
-HF_MODEL_TYPES = {"llama": "LlamaConfig", "mamba": "MambaConfig", "mamba2": "MambaConfig", "bamba": "MambaConfig"}
 
 # Model config class name -> (module, model class). Imported lazily so a Llama run never needs
 # the Mamba module's dependencies.
@@ -127,14 +123,10 @@ def load_source(path: str | Path) -> WeightsSource:
     (config.json + safetensors) of a Llama, Mamba, Mamba-2 or Bamba model."""
     path = Path(path)
     if path.is_dir() and not (path / "ckpt.pt").is_file() and (path / "config.json").is_file():
-        model_type = json.loads((path / "config.json").read_text()).get("model_type")
-        if model_type not in HF_MODEL_TYPES:
-            raise CheckpointError(f"{path / 'config.json'}: model_type {model_type!r} cannot be loaded; "
-                                  f"known: {', '.join(HF_MODEL_TYPES)}")
-        _, cls = model_class(HF_MODEL_TYPES[model_type])
+        from interop import load_hf
         try:
-            model = cls.from_hf(path)
-        except (ValueError, KeyError) as e:
+            model = load_hf(path)
+        except (ValueError, KeyError) as e:  # interop.HFFormatError is a ValueError
             raise CheckpointError(f"{path}: cannot import this transformers model: {e}") from None
         return WeightsSource(model.config, model.state_dict(), {}, path)
     if not path.exists():

@@ -146,6 +146,9 @@ def main(cfg: TrainConfig) -> None:
     except (config_lib.ConfigError, CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
+    except FloatingPointError as e:  # a diverged run: not the user's input, but no traceback helps
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

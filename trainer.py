@@ -223,6 +223,11 @@ class Trainer:
     def autocast(self):
         return self.machine.autocast()
 
+    def learning_rate(self, step: int) -> float:
+        """The rate of optimizer step `step`: the config's schedule. A stage may replace it (the
+        curriculum can restart the schedule at each growth of its data)."""
+        return learning_rate(step, self.cfg)
+
     def to_device(self, batch):
         return tuple(t.to(self.device, non_blocking=True) if torch.is_tensor(t) else t for t in batch)
 
@@ -244,7 +249,7 @@ class Trainer:
         if cfg.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(self.step, cfg)
+            group["lr"] = self.learning_rate(self.step)
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         self.step += 1
@@ -305,13 +310,18 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 self.train_source.load_state_dict(copy.deepcopy(start_state))
                 continue
+            if not math.isfinite(loss):
+                raise FloatingPointError(
+                    f"the training loss is {loss} at step {self.step}: the model diverged (lower --lr, "
+                    f"raise --warmup_steps) or a batch had no scored targets (all -1); the last "
+                    f"checkpoint in {self.out_dir} is untouched")
             window_tokens += tokens
             self.tokens_seen += tokens
             row = None
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                 loss = self.machine.mean_over_ranks(loss)
                 tok_s = window_tokens / (time.perf_counter() - window_start)
-                row = {"step": self.step, "loss": loss, "lr": learning_rate(self.step - 1, cfg),
+                row = {"step": self.step, "loss": loss, "lr": self.learning_rate(self.step - 1),
                        "tokens_per_s": tok_s, "mfu": tok_s * flops_per_token / (peak * self.machine.world),
                        "tokens": self.tokens_seen}
                 self.log(f"step {self.step:5d}/{cfg.max_steps} | loss {loss:.4f} | lr {row['lr']:.2e} | "

@@ -241,3 +241,24 @@ def test_device_auto_everywhere(source_run):
     if not torch.cuda.is_available():
         bad = run_script("sample.py", f"--out_dir={source_run}", "--device=cuda", check=False)
         assert bad.returncode == 2 and "no CUDA GPU" in bad.stderr
+
+
+def test_a_nan_loss_stops_the_run_with_a_clear_error(leaner_small, tmp_path):
+    """A batch with nothing scored has loss 0/0 = nan (as F.cross_entropy); training on it would
+    poison every weight, so the Trainer stops instead."""
+    from trainer import Trainer
+
+    class Masked:
+        def next_batch(self):
+            x = torch.zeros(2, 8, dtype=torch.long)
+            return x, torch.full_like(x, -1)
+
+        def state_dict(self):
+            return {}
+
+        def load_state_dict(self, state):
+            pass
+
+    cfg = parse(f"--data_dir={leaner_small}", f"--out_dir={tmp_path / 'nan'}", "--max_steps=3")
+    with pytest.raises(FloatingPointError, match="no scored targets"):
+        Trainer(cfg, Masked()).run()
