@@ -267,6 +267,13 @@ class Mamba(LanguageModel):
             loss = cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 
+    def hidden_states(self, idx: torch.Tensor) -> torch.Tensor:
+        """idx (B, T) -> final-normed hidden states (B, T, D): what a classifier head reads."""
+        x = self.embeddings(idx)
+        for block in self.layers:
+            x, _ = block(x)
+        return self.norm_f(x)
+
     def _run(self, idx, states=None):
         x = self.embeddings(idx)
         new_states = []

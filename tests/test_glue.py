@@ -116,11 +116,23 @@ def _padded(rows, eot, width):
     return x, torch.tensor([len(r) for r in rows])
 
 
-def test_head_reads_the_last_real_token():
+def tiny_mamba(mixer):
+    from model_mamba import Mamba, MambaConfig
+    torch.manual_seed(0)
+    return Mamba(MambaConfig(mixer=mixer, n_layer=2, n_embd=64, d_state=16, headdim=16, chunk_size=16,
+                             mlp_hidden=128))
+
+
+@pytest.mark.parametrize("arch", ["llama", "mamba1", "mamba2"])
+def test_head_reads_the_last_real_token(arch):
     """Same logits with extra padding (even with other tokens than eot there), and the same as each row
     run alone without padding: the head reads position length - 1 and nothing after it."""
     from finetune_glue import SequenceClassifier
-    model = SequenceClassifier(tiny_llama(), 3).eval()
+    backbone = tiny_llama() if arch == "llama" else tiny_mamba(arch)
+    idx = torch.randint(0, 1999, (2, 20))
+    with torch.no_grad():  # hidden_states is the model's own path to its logits
+        torch.testing.assert_close(backbone.lm_head(backbone.hidden_states(idx)), backbone(idx)[0])
+    model = SequenceClassifier(backbone, 3).eval()
     g = torch.Generator().manual_seed(1)
     rows = [[1999] + torch.randint(0, 1999, (n,), generator=g).tolist() for n in (5, 17, 1, 30)]
     x, lengths = _padded(rows, 1999, 31)
@@ -225,6 +237,19 @@ def test_tasks_without_a_train_file_hold_out_part_of_validation(pretrained, shar
     assert "25% held out (seed 0)" in data.dev["dev"].source and "no train file" in data.train.source
     mnli = finetune_glue.load_task(cfg, "mnli", start.tokenizer)
     assert set(mnli.dev) == {"dev", "dev_mm"} and len(mnli.train.labels) == 4200 + 4204 - 1050 - 1051
+
+
+def test_a_mamba_from_scratch_fine_tunes(leaner_small, shared_data, tmp_path):
+    """The from-scratch baseline of the other architecture: model = MambaConfig(...) in a config file."""
+    import finetune_glue
+    path = tmp_path / "mamba.py"
+    path.write_text("from model_mamba import MambaConfig\nmodel = MambaConfig(mixer='mamba2', n_layer=2, "
+                    "n_embd=64, d_state=16, headdim=16, chunk_size=16, mlp_hidden=128)\n")
+    cfg = glue_cfg(str(path), "--task=rte", "--init_from=scratch", f"--tokenizer={leaner_small}",
+                   f"--glue_dir={shared_data}", f"--out_dir={tmp_path / 'out'}", "--epochs=1", "--max_train=128")
+    (result,) = finetune_glue.sweep(cfg)
+    assert result["model"] == "scratch_mamba" and result["settings"]["model"]["__class__"] == "MambaConfig"
+    assert result["steps"] == 4 and result["init_report"] is None and 0 <= result["dev"] <= 1
 
 
 # ------------------------------------------------------------------ sweeps
