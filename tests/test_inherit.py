@@ -1,0 +1,242 @@
+"""Parameter inheritance (inherit.py): the inherited weights are exactly the selected slices of the
+source (checked through interop's transformers layout, an independent split of the fused matrices),
+the inherited model's loss equals the source's with the same units masked out, and the inherited run
+trains, samples, evaluates and exports with the normal commands."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+import inherit
+import interop
+from model_llama import Llama, LlamaConfig
+
+from conftest import run_script
+
+# eps ~ 0: a model with fewer hidden channels normalises by a mean over fewer entries, which the masked
+# reference below matches by scaling its norm gains; eps would break that by about eps / mean(x²)
+SRC = LlamaConfig(vocab_size=96, n_layer=4, n_embd=48, n_head=6, n_kv_head=3, ffn_hidden=80, max_seq_len=64,
+                  norm_eps=1e-12)
+
+
+@pytest.fixture(scope="module")
+def source():
+    torch.manual_seed(0)
+    model = Llama(SRC)
+    with torch.no_grad():  # larger weights than the init so that every unit matters to the loss
+        for p in model.parameters():
+            p.normal_(0, 0.3) if p.dim() > 1 else p.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def batches(n=2, seed=1):
+    g = torch.Generator().manual_seed(seed)
+    out = []
+    for _ in range(n):
+        t = torch.randint(0, SRC.vocab_size, (3, 17), generator=g)
+        out.append((t[:, :-1], t[:, 1:]))
+    return out
+
+
+def hf(model):
+    return {k: v.detach() for k, v in interop._llama_tensors(model).items()}
+
+
+def heads(w, n):  # (n·Dh, D) -> (n, Dh, D): one block of rows per head
+    return w.view(n, -1, w.size(-1))
+
+
+@pytest.mark.parametrize("criterion", ["l2", "taylor", "random"])
+def test_weights_are_the_selected_slices(source, criterion):
+    tgt = LlamaConfig(**{**SRC.__dict__, "n_layer": 2, "n_embd": 32, "n_head": 4, "n_kv_head": 2, "ffn_hidden": 40})
+    vocab = list(range(0, 96, 2))
+    small, sel = inherit.inherit_model(source, tgt, criterion, "ends", batches(), vocab=vocab)
+    assert sel.layers == [0, 3] and small.config.vocab_size == 48
+    a, b = hf(source), hf(small)
+    ch, rows = torch.tensor(sel.channels), torch.tensor(vocab)
+    assert len(set(sel.channels)) == 32
+    torch.testing.assert_close(b["model.embed_tokens.weight"], a["model.embed_tokens.weight"][rows][:, ch], rtol=0, atol=0)
+    torch.testing.assert_close(b["lm_head.weight"], a["lm_head.weight"][rows][:, ch], rtol=0, atol=0)
+    torch.testing.assert_close(b["model.norm.weight"], a["model.norm.weight"][ch], rtol=0, atol=0)
+    for new, old in enumerate(sel.layers):
+        p, q = f"model.layers.{old}.", f"model.layers.{new}."
+        qs, kvs, ns = map(torch.tensor, (sel.q_heads[new], sel.kv_heads[new], sel.neurons[new]))
+        assert all(h // 2 in sel.kv_heads[new] for h in sel.q_heads[new])  # each query keeps its kv head
+        for name, w in (("q_proj", heads(a[p + "self_attn.q_proj.weight"], 6)[qs]),
+                        ("k_proj", heads(a[p + "self_attn.k_proj.weight"], 3)[kvs]),
+                        ("v_proj", heads(a[p + "self_attn.v_proj.weight"], 3)[kvs])):
+            torch.testing.assert_close(b[q + f"self_attn.{name}.weight"], w.flatten(0, 1)[:, ch], rtol=0, atol=0)
+        o = a[p + "self_attn.o_proj.weight"].view(48, 6, 8)[:, qs].flatten(1)
+        torch.testing.assert_close(b[q + "self_attn.o_proj.weight"], o[ch], rtol=0, atol=0)
+        for name in ("gate_proj", "up_proj"):
+            torch.testing.assert_close(b[q + f"mlp.{name}.weight"], a[p + f"mlp.{name}.weight"][ns][:, ch], rtol=0, atol=0)
+        torch.testing.assert_close(b[q + "mlp.down_proj.weight"], a[p + "mlp.down_proj.weight"][ch][:, ns], rtol=0, atol=0)
+        for name in ("input_layernorm", "post_attention_layernorm"):
+            torch.testing.assert_close(b[q + f"{name}.weight"], a[p + f"{name}.weight"][ch], rtol=0, atol=0)
+
+
+def masked(source, sel):
+    """The source with every unit the selection drops switched off: a skipped layer's output
+    projections zeroed (the block adds nothing), a dropped query head's rows of the output projection
+    zeroed, a dropped neuron's row of down zeroed. A dropped hidden channel: zero in the embedding
+    and in every projection that writes into the residual stream, so it stays exactly 0; then
+    RMSNorm's mean over D entries is D'/D times the small model's mean over D', which scaling every
+    norm gain by sqrt(D'/D) undoes."""
+    m = Llama(source.config)
+    m.load_state_dict(source.state_dict())
+    dh = SRC.n_embd // SRC.n_head
+    dropped = [c for c in range(SRC.n_embd) if c not in sel.channels]
+    scale = (len(sel.channels) / SRC.n_embd) ** 0.5
+    with torch.no_grad():
+        m.tok_emb.weight[:, dropped] = 0
+        for norm in [m.norm] + [n for b in m.blocks for n in (b.attn_norm, b.mlp_norm)]:
+            norm.weight *= scale
+        for block in m.blocks:
+            block.attn.out.weight[:, dropped] = 0
+            block.mlp.down.weight[:, dropped] = 0
+        for i, block in enumerate(m.blocks):
+            if i not in sel.layers:
+                block.attn.out.weight.zero_()
+                block.mlp.down.weight.zero_()
+                continue
+            j = sel.layers.index(i)
+            for h in range(SRC.n_head):
+                if h not in sel.q_heads[j]:
+                    block.attn.out.weight[h * dh:(h + 1) * dh] = 0
+            for n in range(SRC.ffn_hidden):
+                if n not in sel.neurons[j]:
+                    block.mlp.down.weight[n] = 0
+    return m.eval()
+
+
+@pytest.mark.parametrize("criterion,layers,sizes", [
+    ("l2", "ends", {"n_layer": 3, "ffn_hidden": 50}),                        # layers and neurons only
+    ("random", "ends", {"n_embd": 32, "n_head": 4, "n_kv_head": 2}),         # heads (and so hidden size)
+    ("taylor", "importance", {"n_layer": 2, "n_embd": 24, "n_head": 3, "n_kv_head": 3, "ffn_hidden": 30})])
+def test_loss_equals_the_masked_source(source, criterion, layers, sizes):
+    """Heads are kept whole (head dim fixed), so with n_embd = n_head x head dim fewer heads means
+    fewer hidden channels: that case is compared against the source with those channels masked too."""
+    tgt = LlamaConfig(**{**SRC.__dict__, **sizes})
+    small, sel = inherit.inherit_model(source, tgt, criterion, layers, batches())
+    reference = masked(source, sel)
+    for x, y in batches(3, seed=7):
+        with torch.no_grad():
+            got, want = small(x, y)[1], reference(x, y)[1]
+            full = source(x, y)[1]
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+        assert abs(float(full - want)) > 1e-3  # the masking did remove something
+
+
+def test_layer_importance_is_the_loss_rise(source):
+    b = batches()
+    rises = inherit.layer_importance(source, b)
+    base = inherit.batch_loss(source, b)
+    for i, rise in enumerate(rises):
+        sel = inherit.Selection([j for j in range(4) if j != i], [list(range(6))] * 3, [list(range(3))] * 3,
+                                [list(range(80))] * 3, list(range(48)))
+        assert inherit.batch_loss(masked(source, sel), b) - base == pytest.approx(rise, abs=1e-5)
+    small, sel = inherit.inherit_model(source, LlamaConfig(**{**SRC.__dict__, "n_layer": 2}), "l2",
+                                       "importance", b)
+    assert sel.layers == sorted(sorted(range(4), key=lambda i: -rises[i])[:2])
+
+
+def test_l2_keeps_the_largest_units(source):
+    with torch.no_grad():
+        big = Llama(SRC)
+        big.load_state_dict(source.state_dict())
+        big.blocks[0].mlp.down.weight[5] *= 100  # neuron 5 of layer 0 is now by far the largest
+    tgt = LlamaConfig(**{**SRC.__dict__, "ffn_hidden": 1})
+    _, sel = inherit.inherit_model(big, tgt, "l2", "ends")
+    assert sel.neurons[0] == [5]
+
+
+@pytest.mark.parametrize("change,message", [
+    ({"n_layer": 5}, "larger than the source"), ({"ffn_hidden": 81}, "larger than the source"),
+    ({"n_embd": 40, "n_head": 4, "n_kv_head": 2}, "head dim differs"),
+    ({"n_head": 6, "n_kv_head": 1}, "query heads per kv head"), ({"n_embd": 40, "n_head": 5, "n_kv_head": 5}, "larger"), ({"rope_theta": 1e4}, "rope_theta")])
+def test_bad_targets_are_explained(source, change, message):
+    with pytest.raises(inherit.InheritError, match=message):
+        inherit.inherit_model(source, LlamaConfig(**{**SRC.__dict__, **change}))
+
+
+def test_mismatched_family_is_explained(source):
+    from model_mamba import MambaConfig
+    with pytest.raises(inherit.InheritError, match="Llama family"):
+        inherit.inherit_model(source, MambaConfig())
+
+
+# ----------------------------------------------------------------------------- the commands
+
+@pytest.fixture(scope="module")
+def big_run(leaner_small, tmp_path_factory):
+    import config as config_lib
+    import train
+    out = tmp_path_factory.mktemp("big")
+    cfg = config_lib.parse_args(train.TrainConfig(), [
+        f"--data_dir={leaner_small}", f"--out_dir={out}", "--model.n_layer=3", "--model.n_embd=64",
+        "--model.n_head=4", "--model.n_kv_head=2", "--model.ffn_hidden=128", "--model.max_seq_len=64",
+        "--seq_len=64", "--batch_size=4", "--max_steps=6", "--eval_every=6", "--eval_steps=1",
+        "--compile=false", "--dtype=fp32", "--threads=1", "--peak_flops=1e10", "--sample_tokens=0",
+        "--warmup_steps=2"])
+    train.pretrain(cfg)
+    return out
+
+
+def write_target(path, **kw):
+    args = {"vocab_size": 2000, "n_layer": 2, "n_embd": 32, "n_head": 2, "n_kv_head": 1, "ffn_hidden": 64,
+            "max_seq_len": 64, **kw}
+    path.write_text("from model_llama import LlamaConfig\n"
+                    f"model = LlamaConfig({', '.join(f'{k}={v!r}' for k, v in args.items())})\n")
+    return path
+
+
+@pytest.mark.slow  # eight commands, about a minute on 2 cores
+def test_inherited_run_trains_samples_evaluates_exports(big_run, leaner_small, shared_data, tmp_path):
+    target = write_target(tmp_path / "small.py")
+    small = tmp_path / "small"
+    result = run_script("inherit.py", f"--from={big_run}", f"--to={target}", f"--out_dir={small}",
+                        "--criterion=taylor", "--layers=importance", "--batches=2", "--batch_size=2")
+    assert "non-embedding parameters inherited" in result.stdout
+    record = json.loads((small / "inherit.json").read_text())
+    assert len(record["layers"]) == 2 and record["criterion"] == "taylor"
+    assert (small / "tokenizer.json").is_file()
+    run = tmp_path / "continued"
+    result = run_script("train.py", f"--data_dir={leaner_small}", f"--out_dir={run}", f"--init_from={small}",
+                        "--seq_len=64", "--batch_size=4", "--max_steps=3", "--eval_every=3", "--eval_steps=1",
+                        "--compile=false", "--dtype=fp32", "--threads=1", "--peak_flops=1e10",
+                        "--sample_tokens=0", "--warmup_steps=1")
+    assert "init_from" in result.stdout and " 0 new" in result.stdout and " 0 dropped" in result.stdout
+    assert (run / "ckpt.pt").is_file()
+    for out in (small, run):
+        assert "--- sample 1 ---" in run_script("sample.py", f"--out_dir={out}", "--num_samples=1",
+                                                "--max_new_tokens=8", "--device=cpu").stdout
+        summary = json.loads(run_script("evaluate.py", f"--out_dir={out}", f"--data={shared_data}",
+                                        "--genres=math", "--max_tokens_per_genre=2000", "--device=cpu",
+                                        "--split=validation").stdout.strip().splitlines()[-1])
+        assert summary["bits_per_byte"] > 0
+    run_script("export.py", f"--out_dir={small}", f"--hf_dir={tmp_path / 'hf'}")
+    assert json.loads((tmp_path / "hf" / "config.json").read_text())["num_hidden_layers"] == 2
+
+
+@pytest.mark.parametrize("kw,message", [({"n_layer": 4}, "larger than the source"),
+                                        ({"n_embd": 40, "n_head": 4}, "head dim")])
+def test_command_errors_exit_2(big_run, tmp_path, kw, message):
+    target = write_target(tmp_path / "t.py", **kw)
+    result = run_script("inherit.py", f"--from={big_run}", f"--to={target}", f"--out_dir={tmp_path / 'o'}",
+                        check=False)
+    assert result.returncode == 2 and message in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_command_family_and_missing_errors_exit_2(big_run, tmp_path):
+    target = tmp_path / "m.py"
+    target.write_text("from model_mamba import MambaConfig\nmodel = MambaConfig()\n")
+    result = run_script("inherit.py", f"--from={big_run}", f"--to={target}", f"--out_dir={tmp_path / 'o'}",
+                        check=False)
+    assert result.returncode == 2 and "Llama family" in result.stderr
+    result = run_script("inherit.py", f"--from={tmp_path / 'nothing'}", f"--to={target}",
+                        f"--out_dir={tmp_path / 'o'}", check=False)
+    assert result.returncode == 2 and "no checkpoint" in result.stderr
