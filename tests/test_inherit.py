@@ -240,3 +240,55 @@ def test_command_family_and_missing_errors_exit_2(big_run, tmp_path):
     result = run_script("inherit.py", f"--from={tmp_path / 'nothing'}", f"--to={target}",
                         f"--out_dir={tmp_path / 'o'}", check=False)
     assert result.returncode == 2 and "no checkpoint" in result.stderr
+
+
+@pytest.mark.slow  # a cl100k_base model (100,277 rows) and four commands, about a minute on 2 cores
+def test_compact_vocabulary_from_a_cl100k_run(shared_data, tmp_path):
+    """The paper's pipeline: a run on cl100k_base, a compact tokenizer cut from it, a child whose
+    embedding and head rows are the parent's rows of the kept ids, trained on compact-prepared data."""
+    import config as config_lib
+    import train
+    from checkpoint import load_checkpoint
+    from data.prepare import PrepareConfig, prepare
+    from data.tokenizer import load_tokenizer
+    big_data, small_data = tmp_path / "cl100k", tmp_path / "compact"
+    for out, tok in ((big_data, "cl100k_base"), (small_data, "compact:1000")):
+        prepare(PrepareConfig(data_root=str(shared_data), genres="conversation", tokenizer=tok,
+                              out_dir=str(out), progress=False))
+    parent = tmp_path / "parent"
+    train.pretrain(config_lib.parse_args(train.TrainConfig(), [
+        f"--data_dir={big_data}", f"--out_dir={parent}", "--model.vocab_size=100277", "--model.n_layer=2",
+        "--model.n_embd=32", "--model.n_head=2", "--model.n_kv_head=2", "--model.ffn_hidden=64",
+        "--model.max_seq_len=32", "--seq_len=32", "--batch_size=2", "--max_steps=2", "--eval_every=2",
+        "--eval_steps=1", "--compile=false", "--dtype=fp32", "--threads=1", "--peak_flops=1e10",
+        "--sample_tokens=0", "--warmup_steps=1"]))
+    target = write_target(tmp_path / "child.py", n_layer=1, n_embd=32, n_head=2, n_kv_head=2, ffn_hidden=32,
+                          max_seq_len=32)
+    child = tmp_path / "child"
+    run_script("inherit.py", f"--from={parent}", f"--to={target}", f"--out_dir={child}",
+               f"--tokenizer={small_data / 'tokenizer.json'}")
+    tok = load_tokenizer(child / "tokenizer.json")
+    rows = torch.tensor(tok.compact["base_ids"])
+    a, b = load_checkpoint(parent)["model"], load_checkpoint(child)
+    assert b["model"]["tok_emb.weight"].shape == (1000, 32) and b["data_meta"]["vocab_size"] == 1000
+    for key in ("tok_emb.weight", "lm_head.weight"):
+        torch.testing.assert_close(b["model"][key], a[key][rows], rtol=0, atol=0)
+    run = tmp_path / "run"
+    run_script("train.py", f"--data_dir={small_data}", f"--out_dir={run}", f"--init_from={child}", "--seq_len=32",
+               "--batch_size=2", "--max_steps=2", "--eval_every=2", "--eval_steps=1", "--compile=false",
+               "--dtype=fp32", "--threads=1", "--peak_flops=1e10", "--sample_tokens=0", "--warmup_steps=1")
+    summary = json.loads(run_script("evaluate.py", f"--out_dir={run}", f"--data={shared_data}", "--genres=math",
+                                    "--max_tokens_per_genre=500", "--device=cpu",
+                                    "--split=validation").stdout.strip().splitlines()[-1])
+    assert summary["tokenizer"] == "compact-1K"
+
+
+def test_compact_tokenizer_of_another_base_is_refused(big_run, tmp_path):
+    import numpy as np
+    from data.compact_tokenizer import build_compact
+    from data.tokenizer import Tokenizer
+    base = Tokenizer.cl100k()
+    build_compact(base, np.zeros(base.vocab_size, dtype=np.int64), 300).save(tmp_path / "c.json")
+    result = run_script("inherit.py", f"--from={big_run}", f"--to={write_target(tmp_path / 't.py')}",
+                        f"--out_dir={tmp_path / 'o'}", f"--tokenizer={tmp_path / 'c.json'}", check=False)
+    assert result.returncode == 2 and "cut from the source's tokenizer" in result.stderr
