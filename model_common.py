@@ -92,19 +92,29 @@ class LanguageModel(nn.Module):
 
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, eot_id: int | None = None,
-                 generator: torch.Generator | None = None) -> torch.Tensor:
+                 generator: torch.Generator | None = None,
+                 left_pad: torch.Tensor | None = None) -> torch.Tensor:
         """idx (B, T) prompt -> (B, T + n) with n <= max_new_tokens new tokens (sampling.py's
         temperature / top-k / top-p; temperature 0 is greedy).
 
         The prompt runs once (prefill), then one token per step (decode). With eot_id, a row that
-        has produced it is padded with eot_id, and generation stops early once every row has."""
+        has produced it is padded with eot_id, and generation stops early once every row has.
+        Prompts of different lengths share a batch left-padded (pad_left): left_pad (B,) counts each
+        row's padding, which no real token sees and which leaves each row's positions (Llama) and
+        state (Mamba) as if it were alone, so every row generates what it would one at a time."""
         B, T = idx.shape
         if T == 0:
             raise ValueError("generate needs a prompt of at least one token")
+        if left_pad is not None:
+            left_pad = left_pad.to(device=idx.device, dtype=torch.long)
+            if left_pad.shape != (B,) or bool((left_pad < 0).any()) or bool((left_pad >= T).any()):
+                raise ValueError(f"left_pad must be (B,) = ({B},) counts in 0..{T - 1}, got {left_pad.tolist()}")
+            if not bool(left_pad.any()):
+                left_pad = None  # equal lengths: the unpadded (fastest) path
         # inference_mode rather than no_grad: it skips autograd's view and version bookkeeping,
         # about 8% of a batch-1 decoding step on CPU, where each step is a few hundred small ops.
         with torch.inference_mode():
-            logits, state = self.prefill(idx, max_new_tokens)
+            logits, state = self.prefill(idx, max_new_tokens, left_pad)
             out = [idx]
             done = torch.zeros(B, 1, dtype=torch.bool, device=idx.device)
             for step in range(max_new_tokens):
@@ -118,3 +128,16 @@ class LanguageModel(nn.Module):
                 logits, state = self.decode(nxt[:, 0], T + step, state)
             tokens = torch.cat(out, dim=1)
         return tokens.clone()  # a normal tensor again, usable later as a training input
+
+
+def pad_left(prompts: list[list[int]], pad_id: int, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token lists of any lengths -> (idx (B, T_max) with each prompt at the right end, left_pad (B,)),
+    for generate(idx, ..., left_pad=left_pad). pad_id fills the left; no real token attends to it."""
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("pad_left needs at least one prompt, each of at least one token")
+    longest = max(len(p) for p in prompts)
+    idx = torch.full((len(prompts), longest), pad_id, dtype=torch.long)
+    for row, p in enumerate(prompts):
+        idx[row, longest - len(p):] = torch.as_tensor(p, dtype=torch.long)
+    left_pad = torch.tensor([longest - len(p) for p in prompts], dtype=torch.long)
+    return idx.to(device), left_pad.to(device)

@@ -102,11 +102,12 @@ class Attention(nn.Module):
         self.qkv = Linear(cfg.n_embd, (cfg.n_head + 2 * cfg.n_kv_head) * self.head_dim)
         self.out = Linear(cfg.n_head * self.head_dim, cfg.n_embd)
 
-    def forward(self, x, rope, layer: int = 0, kv_cache: KVCache | None = None, start_pos: int = 0):
+    def forward(self, x, rope, layer: int = 0, kv_cache: KVCache | None = None, start_pos: int = 0,
+                mask: torch.Tensor | None = None):
         """x (B, T, D) -> (B, T, D). qkv (B, T, (H + 2K)·Dh) holds every head's query, key and
         value; kernels.attention rotates q and k by position (rope) and runs causal attention:
         softmax(q·kᵀ / sqrt(Dh)) · v, each position seeing itself and the positions before it."""
-        y = attention(self.qkv(x), rope, self.n_head, self.n_kv_head, kv_cache, layer, start_pos)
+        y = attention(self.qkv(x), rope, self.n_head, self.n_kv_head, kv_cache, layer, start_pos, mask)
         return self.out(y)  # (B, T, H·Dh) -> (B, T, D)
 
 
@@ -118,8 +119,9 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(cfg.n_embd, cfg.norm_eps)
         self.mlp = GatedMLP(cfg.n_embd, cfg.ffn_hidden)
 
-    def forward(self, x, rope, layer: int = 0, kv_cache: KVCache | None = None, start_pos: int = 0):
-        x = x + self.attn(self.attn_norm(x), rope, layer, kv_cache, start_pos)
+    def forward(self, x, rope, layer: int = 0, kv_cache: KVCache | None = None, start_pos: int = 0,
+                mask: torch.Tensor | None = None):
+        x = x + self.attn(self.attn_norm(x), rope, layer, kv_cache, start_pos, mask)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -152,16 +154,24 @@ class Llama(LanguageModel):
             block.mlp.down.weight.normal_(0.0, std / math.sqrt(2 * self.config.n_layer))
 
     # ---------------------------------------------------------------- forward
-    def hidden_states(self, idx: torch.Tensor, kv_cache: KVCache | None = None, start_pos: int = 0):
-        """idx (B, T) -> final-normed hidden states (B, T, D); positions start at start_pos."""
+    def hidden_states(self, idx: torch.Tensor, kv_cache: KVCache | None = None, start_pos: int = 0,
+                      left_pad: torch.Tensor | None = None):
+        """idx (B, T) -> final-normed hidden states (B, T, D); positions start at start_pos. With
+        left_pad (B,), row b's first left_pad[b] tokens are padding: its real tokens take positions
+        0, 1, ... and never attend to the padding (each pad token sees only itself, so it stays finite)."""
         T = idx.size(1)
         if start_pos + T > self.config.max_seq_len:
             raise ValueError(f"positions {start_pos}..{start_pos + T - 1} exceed max_seq_len "
                              f"{self.config.max_seq_len}")
-        rope = self.rope_table[start_pos:start_pos + T]
+        rope, mask = self.rope_table[start_pos:start_pos + T], None
+        if left_pad is not None:
+            t = torch.arange(T, device=idx.device)
+            rope = self.rope_table[(t - left_pad[:, None]).clamp(min=0)]  # (B, T, 1, Dh/2, 2)
+            real_key = t >= left_pad[:, None]                              # (B, T)
+            mask = ((t[:, None] >= t) & real_key[:, None, :] | torch.eye(T, dtype=torch.bool, device=idx.device))[:, None]
         x = self.tok_emb(idx)
         for i, block in enumerate(self.blocks):
-            x = block(x, rope, i, kv_cache, start_pos)
+            x = block(x, rope, i, kv_cache, start_pos, mask)
         return self.norm(x)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None,
@@ -188,18 +198,20 @@ class Llama(LanguageModel):
         return 6.0 * matmul_weights + 12.0 * c.n_layer * c.n_head * head_dim * seq_len
 
     # ---------------------------------------------------------------- generation (model_common)
-    def prefill(self, idx: torch.Tensor, max_new_tokens: int):
+    def prefill(self, idx: torch.Tensor, max_new_tokens: int, left_pad: torch.Tensor | None = None):
         """Run the prompt idx (B, T) into a KV cache sized for T + max_new_tokens positions -> the
         last position's logits (B, V) and the cache. Raises ValueError past max_seq_len: rotary
-        positions are absolute, so cropping the context would mean recomputing the whole cache."""
+        positions are absolute, so cropping the context would mean recomputing the whole cache.
+        left_pad (B,): left-padded prompts (hidden_states); the cache keeps it for decode_step."""
         c = self.config
         B, T = idx.shape
         if T + max_new_tokens > c.max_seq_len:
             raise ValueError(f"prompt ({T}) + max_new_tokens ({max_new_tokens}) exceeds max_seq_len "
                              f"({c.max_seq_len})")
         cache = KVCache(c.n_layer, B, c.n_kv_head, T + max_new_tokens, c.n_embd // c.n_head)
+        cache.left_pad = left_pad
         # Only the last position's logits are needed: the head runs on one row per sequence.
-        return self.lm_head(self.hidden_states(idx, cache, 0)[:, -1]), cache
+        return self.lm_head(self.hidden_states(idx, cache, 0, left_pad)[:, -1]), cache
 
     def decode(self, tokens: torch.Tensor, pos: int, cache: KVCache):
         return self.decode_step(tokens, cache, pos), cache

@@ -114,6 +114,11 @@ def _inverse_softplus_dt(n: int, cfg: MambaConfig) -> torch.Tensor:
     return dt + torch.log(-torch.expm1(-dt))
 
 
+def _zero_padding(x: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
+    """x (B, T, ...) with the padding's time steps (real False) set to 0; x itself without a mask."""
+    return x if real is None else x * real[:, :, None].to(x.dtype)
+
+
 def _no_decay(*params):
     for p in params:
         p._no_weight_decay = True
@@ -141,12 +146,14 @@ class Mamba1Mixer(nn.Module):
         dt, B, C = self.x_proj(x).split([self.cfg.rank, self.cfg.d_state, self.cfg.d_state], dim=-1)
         return F.softplus(self.dt_proj(dt).float()), B, C
 
-    def forward(self, u, state=None):
-        """u (B, T, D) -> (B, T, D) and the state after the last step (conv window, (B, E, N))."""
+    def forward(self, u, state=None, real=None):
+        """u (B, T, D) -> (B, T, D) and the state after the last step (conv window, (B, E, N)).
+        real (B, T) bool marks the tokens of left-padded prompts (Mamba.prefill)."""
         x, z = self.in_proj(u).chunk(2, dim=-1)
-        x, window = self.conv1d(x)
+        x, window = self.conv1d(_zero_padding(x, real))
         x = F.silu(x)
         dt, B, C = self._ssm_inputs(x)
+        dt = _zero_padding(dt, real)
         y, h = kernels.selective_scan(x, dt, -torch.exp(self.A_log.float()), B, C, self.cfg.scan_backend)
         y = (y + x * self.D) * F.silu(z)
         return self.out_proj(y.to(u.dtype)), (window, h)
@@ -179,13 +186,14 @@ class Mamba2Mixer(nn.Module):
         self.out_proj = nn.Linear(E, cfg.n_embd, bias=cfg.proj_bias)
         _no_decay(self.dt_bias, self.A_log, self.D)
 
-    def _split(self, u, window):
+    def _split(self, u, window, real=None):
         cfg = self.cfg
         z, xBC, dt = self.in_proj(u).split([cfg.d_inner, self.conv_dim, cfg.nheads], dim=-1)
-        xBC, window = self.conv1d(xBC, window)
+        xBC, window = self.conv1d(_zero_padding(xBC, real), window)
         x, B, C = F.silu(xBC).split([cfg.d_inner, cfg.n_groups * cfg.d_state, cfg.n_groups * cfg.d_state], -1)
         shape = u.shape[:2]
-        return (z, x.reshape(*shape, cfg.nheads, cfg.headdim), F.softplus(dt.float() + self.dt_bias),
+        dt = _zero_padding(F.softplus(dt.float() + self.dt_bias), real)
+        return (z, x.reshape(*shape, cfg.nheads, cfg.headdim), dt,
                 B.reshape(*shape, cfg.n_groups, cfg.d_state), C.reshape(*shape, cfg.n_groups, cfg.d_state),
                 window)
 
@@ -200,8 +208,8 @@ class Mamba2Mixer(nn.Module):
             normed = self.norm(gated)
         return self.out_proj(normed.to(u.dtype))
 
-    def forward(self, u, state=None):
-        z, x, dt, B, C, window = self._split(u, None)
+    def forward(self, u, state=None, real=None):
+        z, x, dt, B, C, window = self._split(u, None, real)
         y, h = kernels.ssd_chunked(x, dt, -torch.exp(self.A_log.float()), B, C, self.cfg.chunk_size)
         return self._out(y.float(), x, z, u), (window, h)
 
@@ -226,10 +234,13 @@ class Block(nn.Module):
             self.mlp_norm = RMSNorm(cfg.n_embd, cfg.norm_eps, cfg.scan_backend)
             self.mlp = GatedMLP(cfg.n_embd, cfg.mlp_hidden)
 
-    def forward(self, x, state=None):
-        """x (B, T, D) -> (B, T, D), this layer's state after the last step. With a state, T must be 1."""
-        mix = self.mixer.step if state is not None else self.mixer.forward
-        out, state = mix(self.norm(x), state)
+    def forward(self, x, state=None, real=None):
+        """x (B, T, D) -> (B, T, D), this layer's state after the last step. With a state, T must be 1.
+        real (B, T) bool: the real tokens of left-padded prompts (Mamba.prefill)."""
+        if state is not None:
+            out, state = self.mixer.step(self.norm(x), state)
+        else:
+            out, state = self.mixer.forward(self.norm(x), None, real)
         x = x + out
         if hasattr(self, "mlp"):
             x = x + self.mlp(self.mlp_norm(x))
@@ -274,11 +285,11 @@ class Mamba(LanguageModel):
             x, _ = block(x)
         return self.norm_f(x)
 
-    def _run(self, idx, states=None):
+    def _run(self, idx, states=None, real=None):
         x = self.embeddings(idx)
         new_states = []
         for i, block in enumerate(self.layers):
-            x, s = block(x, None if states is None else states[i])
+            x, s = block(x, None if states is None else states[i], real)
             new_states.append(s)
         return self.lm_head(self.norm_f(x)), new_states
 
@@ -299,10 +310,19 @@ class Mamba(LanguageModel):
         return 3.0 * (2 * matmul + cfg.n_layer * scan)
 
     # ------------------------------------------------------------------ generation (model_common)
-    def prefill(self, idx: torch.Tensor, max_new_tokens: int):
+    def prefill(self, idx: torch.Tensor, max_new_tokens: int, left_pad: torch.Tensor | None = None):
         """The prompt (B, T) once through the parallel scan -> last logits (B, V), per-layer states;
-        after that each token is one recurrent step per layer, whatever the length so far."""
-        logits, states = self._run(idx)
+        after that each token is one recurrent step per layer, whatever the length so far.
+
+        Left padding (left_pad (B,) tokens per row) must leave a row's state as if the row started
+        at its first real token: padded zeros alone would not, since a pad token's embedding moves
+        the conv window and the SSM state. So at the padding the conv input is zeroed (the window a
+        prompt starts from is zeros) and dt is zeroed, which makes that scan step the identity
+        (decay exp(0·A) = 1, input dt·x·B = 0). The padding's own outputs are never read."""
+        real = None
+        if left_pad is not None:
+            real = torch.arange(idx.shape[1], device=idx.device) >= left_pad[:, None]
+        logits, states = self._run(idx, real=real)
         return logits[:, -1], states
 
     def decode(self, tokens: torch.Tensor, pos: int, states):

@@ -38,6 +38,9 @@ class KVCache:
         self.k: list[torch.Tensor] = []   # per layer, (B, K, T_max, Dh) views: its keys...
         self.v: list[torch.Tensor] = []   # ...and values
         self.panels: list | None = None   # the weights packed for decoding (decoding_panels)
+        # (B,) padding tokens at the start of each row (left-padded prompts of different lengths),
+        # or None: row b's position p sits in slot p + left_pad[b], and slots before it are masked
+        self.left_pad: torch.Tensor | None = None
 
     def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor):
         """Store k, v (B, K, T, Dh) at positions start..start+T; return all keys/values so far."""
@@ -94,13 +97,20 @@ def decode_step(model, tokens: torch.Tensor, cache: KVCache, pos: int) -> torch.
             if residual is None:
                 return h @ weight
             return torch.addmm(residual, h, weight) if fuse_residual else residual + h @ weight
-    rope = model.rope_table[pos, 0]  # (Dh/2, 2)
+    if cache.left_pad is None:
+        rope, key_mask = model.rope_table[pos, 0], None  # (Dh/2, 2)
+    else:
+        # each row at its own position, the padding slots hidden: the C kernel knows neither,
+        # so padded batches take the PyTorch attention (the matmuls stay fused)
+        rope = model.rope_table[pos - cache.left_pad]  # (B, 1, Dh/2, 2)
+        slots = torch.arange(pos + 1, device=tokens.device)
+        key_mask = (slots >= cache.left_pad[:, None])[:, None, None]  # (B, 1, 1, pos + 1)
     for i, block in enumerate(model.blocks):
         qkv = matmul(norm(x, block.attn_norm.weight), i, "qkv").view(B, H + 2 * K, Dh)
-        if fused:
+        if fused and key_mask is None:
             y = fused_cpu.decode_attention(qkv.float(), cache.kv[i], rope, pos, K)
         else:
-            y = _decode_attention(qkv.float(), cache, i, pos, rope, K)
+            y = _decode_attention(qkv.float(), cache, i, pos, rope, K, key_mask)
         x = matmul(y, i, "out", residual=x)
         gate_up = matmul(norm(x, block.mlp_norm.weight), i, "gate_up")
         x = matmul(swiglu(gate_up), i, "down", residual=x)
@@ -120,8 +130,9 @@ def decoding_panels(model) -> list[dict[str, tuple[torch.Tensor, int]]]:
 
 
 def _decode_attention(qkv: torch.Tensor, cache: KVCache, layer: int, pos: int, rope: torch.Tensor,
-                      K: int) -> torch.Tensor:
-    """decode_step's attention in PyTorch ops: qkv (B, H + 2K, Dh) fp32 -> (B, H·Dh)."""
+                      K: int, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+    """decode_step's attention in PyTorch ops: qkv (B, H + 2K, Dh) fp32 -> (B, H·Dh). rope (Dh/2, 2),
+    or (B, 1, Dh/2, 2) with key_mask (B, 1, 1, pos + 1) for left-padded rows."""
     B, n, Dh = qkv.shape
     H = n - 2 * K
     # Rotate q and k in place: the rotated keys then sit next to the values, and one copy
@@ -131,5 +142,5 @@ def _decode_attention(qkv: torch.Tensor, cache: KVCache, layer: int, pos: int, r
     keys, values = cache.k[layer], cache.v[layer]  # (B, K, T_max, Dh)
     with torch.autocast(qkv.device.type, enabled=False):  # attention in the cache's dtype
         y = F.scaled_dot_product_attention(qkv[:, :H, None].to(keys.dtype), keys[:, :, :pos + 1],
-                                           values[:, :, :pos + 1], enable_gqa=K != H)
+                                           values[:, :, :pos + 1], attn_mask=key_mask, enable_gqa=K != H)
     return y.view(B, H * Dh)

@@ -51,15 +51,17 @@ def apply_rotary(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
 
 
 def attention(qkv: torch.Tensor, rope: torch.Tensor, n_head: int, n_kv_head: int, kv_cache=None,
-              layer: int = 0, start_pos: int = 0) -> torch.Tensor:
+              layer: int = 0, start_pos: int = 0, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Causal self-attention with rotary positions: softmax(q·kᵀ / sqrt(Dh), causal) · v per head.
 
     qkv (B, T, (H + 2K)·Dh) holds every query head, then every key head, then every value head;
     query head h reads key/value head h // (H / K). rope (T, 1, Dh/2, 2) is the rotary table at
     positions start_pos..start_pos+T-1. With kv_cache (kernels.decode.KVCache), the rotated keys and
     values are stored at those positions and the queries attend to everything cached so far.
+    mask (B, 1, T, T_keys) bool, True where a query may see a key, replaces the causal mask: for a
+    batch of left-padded prompts, whose rope is then per row, (B, T, 1, Dh/2, 2).
     -> y (B, T, H·Dh), token-major, as the output projection reads it."""
-    if kv_cache is None and attention_cpu.usable(qkv, qkv.size(1)):
+    if kv_cache is None and mask is None and attention_cpu.usable(qkv, qkv.size(1)):
         # CPU training: rotary, attention and their backwards in fused kernels, about 2x (bf16)
         # and 3x (fp32) faster than sdpa at these sizes (attention_cpu.py says why)
         return attention_cpu.causal_attention(qkv, rope[:, 0], n_head, n_kv_head)
@@ -76,12 +78,12 @@ def attention(qkv: torch.Tensor, rope: torch.Tensor, n_head: int, n_kv_head: int
     q, k = apply_rotary(qk, rope).to(attn_dtype).split([H, K], dim=2)  # q and k in one pass
     # (B, T, n, Dh) -> (B, n, T, Dh) views; sdpa takes strided inputs, so no copies here.
     q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.to(attn_dtype).transpose(1, 2)
-    mask, causal = None, True
+    causal = mask is None
     if kv_cache is not None:
         k, v = kv_cache.update(layer, start_pos, k, v)
-        if T == 1:
+        if causal and T == 1:
             causal = False  # one new query may see every cached position
-        elif start_pos > 0:
+        elif causal and start_pos > 0:
             # sdpa's is_causal aligns the mask top-left; a chunk after a prefix needs bottom-right.
             causal = False
             mask = torch.ones(T, start_pos + T, dtype=torch.bool, device=qkv.device).tril(start_pos)
