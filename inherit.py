@@ -44,7 +44,8 @@ import torch
 
 import config as config_lib
 from atomic import atomic_write_json
-from checkpoint import CheckpointError, atomic_torch_save, build_model, load_checkpoint, model_config_from_dict
+from checkpoint import CheckpointError, atomic_torch_save, build_model, load_checkpoint, \
+    model_config_from_dict
 from config import setting
 from model_llama import Llama, LlamaConfig
 
@@ -89,8 +90,9 @@ def check_target(src: LlamaConfig, tgt, vocab_size: int) -> LlamaConfig:
         raise InheritError(f"inheritance works within the Llama family: the source is a "
                            f"{type(src).__name__}, the target a {type(tgt).__name__}; give a target "
                            f"model = LlamaConfig(...) and a Llama source run")
-    larger = [f"{k} {getattr(tgt, k)} > {getattr(src, k)}" for k in ("n_layer", "n_embd", "n_head", "n_kv_head",
-                                                                        "ffn_hidden") if getattr(tgt, k) > getattr(src, k)]
+    sizes = ("n_layer", "n_embd", "n_head", "n_kv_head", "ffn_hidden")
+    larger = [f"{k} {getattr(tgt, k)} > {getattr(src, k)}" for k in sizes
+              if getattr(tgt, k) > getattr(src, k)]
     if larger:
         raise InheritError(f"the target is larger than the source ({', '.join(larger)}): a model can only "
                            f"inherit from a larger one; shrink those sizes in the --to config")
@@ -99,11 +101,12 @@ def check_target(src: LlamaConfig, tgt, vocab_size: int) -> LlamaConfig:
                            f"n_embd/n_head = {tgt.n_embd // tgt.n_head}; heads are kept whole, so set "
                            f"n_head = n_embd / {src.n_embd // src.n_head}")
     if tgt.n_head // tgt.n_kv_head > src.n_head // src.n_kv_head:
-        raise InheritError(f"the target has {tgt.n_head // tgt.n_kv_head} query heads per kv head, the source "
-                           f"only {src.n_head // src.n_kv_head}; raise n_kv_head")
+        raise InheritError(f"the target has {tgt.n_head // tgt.n_kv_head} query heads per kv head, "
+                           f"the source only {src.n_head // src.n_kv_head}; raise n_kv_head")
     for k in ("rope_theta", "norm_eps", "tie_embeddings"):
         if getattr(tgt, k) != getattr(src, k):
-            raise InheritError(f"{k} must be the source's ({getattr(src, k)!r}), the target has {getattr(tgt, k)!r}")
+            raise InheritError(f"{k} must be the source's ({getattr(src, k)!r}), the target has "
+                               f"{getattr(tgt, k)!r}")
     return dataclasses.replace(tgt, vocab_size=vocab_size)
 
 
@@ -155,7 +158,8 @@ def scores_taylor(model: Llama, batches) -> dict:
 
 def scores_random(model: Llama, seed: int) -> dict:
     g = torch.Generator().manual_seed(seed)
-    shapes = {k: v.shape for k, v in unit_sums(model, {k: p.detach() for k, p in model.named_parameters()}).items()}
+    sums = unit_sums(model, {k: p.detach() for k, p in model.named_parameters()})
+    shapes = {k: v.shape for k, v in sums.items()}
     return {k: torch.rand(shape, generator=g, dtype=torch.float64) for k, shape in shapes.items()}
 
 
@@ -281,7 +285,8 @@ def inherit(cfg: InheritConfig) -> Path:
     tgt = read_target(cfg.to)
     ckpt = load_checkpoint(cfg.source)
     src_cfg = model_config_from_dict(ckpt["config"]["model"])
-    check_target(src_cfg, tgt, src_cfg.vocab_size if isinstance(src_cfg, LlamaConfig) else 0)  # before any compute
+    # before any compute: a target that cannot be cut stops here
+    check_target(src_cfg, tgt, src_cfg.vocab_size if isinstance(src_cfg, LlamaConfig) else 0)
     source_dir = Path(cfg.source) if Path(cfg.source).is_dir() else Path(cfg.source).parent
     meta = dict(ckpt.get("data_meta") or {})
     vocab, tokenizer_file = None, source_dir / "tokenizer.json"
@@ -289,8 +294,8 @@ def inherit(cfg: InheritConfig) -> Path:
         from data.tokenizer import load_tokenizer
         tok = load_tokenizer(cfg.tokenizer)
         if tok.compact is None or tok.compact["base"] != meta.get("tokenizer_name"):
-            raise InheritError(f"--tokenizer={cfg.tokenizer} must be a compact tokenizer cut from the source's "
-                               f"tokenizer ({meta.get('tokenizer_name')!r}); build one with "
+            raise InheritError(f"--tokenizer={cfg.tokenizer} must be a compact tokenizer cut from the "
+                               f"source's tokenizer ({meta.get('tokenizer_name')!r}); build one with "
                                f"python data/compact_tokenizer.py --base={meta.get('tokenizer_name')}")
         vocab = tok.compact["base_ids"]
         if max(vocab) >= src_cfg.vocab_size:
@@ -311,7 +316,8 @@ def inherit(cfg: InheritConfig) -> Path:
     model_dict = {"__class__": type(small.config).__name__, **config_lib.to_dict(small.config)}
     run_config = {**ckpt["config"], "model": model_dict, "out_dir": str(out_dir)}
     record = {"from": str(cfg.source), "criterion": cfg.criterion, "layers": cfg.layers,
-              "tokenizer": cfg.tokenizer, **{k: v for k, v in dataclasses.asdict(sel).items() if k != "vocab"}}
+              "tokenizer": cfg.tokenizer,
+              **{k: v for k, v in dataclasses.asdict(sel).items() if k != "vocab"}}
     atomic_torch_save({"model": small.state_dict(), "config": run_config, "data_meta": meta, "step": 0,
                        "tokens_seen": 0, "inherit": json.dumps(record)}, out_dir / "ckpt.pt")
     if tokenizer_file.is_file():

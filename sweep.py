@@ -105,7 +105,8 @@ def shape_for(budget: int, depth: int, ffn_ratio: float, head_dim: int, kv_ratio
             best = (err, width, ffn)
     if best is None:
         raise config_lib.ConfigError(f"no Llama of depth {depth} fits a budget of {budget:,} non-embedding "
-                                     f"parameters with head_dim {head_dim}: raise --budget or lower the depth")
+                                     f"parameters with head_dim {head_dim}: raise --budget or lower the "
+                                     f"depth")
     _, width, ffn = best
     heads = width // head_dim
     return dataclasses.replace(base, n_layer=depth, n_embd=width, n_head=heads, n_kv_head=heads // kv_ratio,
@@ -149,7 +150,8 @@ def train_one(cfg: SweepConfig, train_cfg, model_cfg: LlamaConfig, seed: int, bu
         return json.loads(result_path.read_text())
     tokens_per_step = train_cfg.batch_size * train_cfg.seq_len * train_cfg.grad_accum
     steps = max(1, cfg.tokens // tokens_per_step)
-    run_cfg = dataclasses.replace(train_cfg, model=model_cfg, out_dir=str(run_dir), seed=seed, max_steps=steps,
+    run_cfg = dataclasses.replace(train_cfg, model=model_cfg, out_dir=str(run_dir), seed=seed,
+                                  max_steps=steps,
                                   warmup_steps=min(train_cfg.warmup_steps, steps // 10),
                                   ckpt_every=min(train_cfg.ckpt_every, steps), sample_tokens=0,
                                   resume=(run_dir / "ckpt.pt").is_file(), init_from="")
@@ -162,8 +164,9 @@ def train_one(cfg: SweepConfig, train_cfg, model_cfg: LlamaConfig, seed: int, bu
     val = read_meta(train_cfg.data_dir)["splits"]["validation"]
     tokens_per_byte = val["tokens"] / (val["bytes"] + val["documents"])  # the eot counts as one byte
     result = {"name": run_dir.name, "n_layer": model_cfg.n_layer, "n_embd": model_cfg.n_embd,
-              "n_head": model_cfg.n_head, "n_kv_head": model_cfg.n_kv_head, "ffn_hidden": model_cfg.ffn_hidden,
-              "ffn_ratio": model_cfg.ffn_hidden / model_cfg.n_embd, "ffn_ratio_asked": ratio_asked, "seed": seed,
+              "n_head": model_cfg.n_head, "n_kv_head": model_cfg.n_kv_head,
+              "ffn_hidden": model_cfg.ffn_hidden, "ffn_ratio": model_cfg.ffn_hidden / model_cfg.n_embd,
+              "ffn_ratio_asked": ratio_asked, "seed": seed,
               "non_embedding_params": non_embedding(model_cfg), "budget": budget, "steps": steps,
               "train_tokens": trainer.tokens_seen, "val_loss": val_loss,
               "bits_per_byte": val_loss * tokens_per_byte / math.log(2),

@@ -25,7 +25,6 @@ model the large model's embedding and head rows.
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -103,7 +102,8 @@ def build_compact(base: Tokenizer, counts: np.ndarray, size: int, name: str = ""
     budget = size - len(specials)
     if budget < 256:
         raise ValueError(f"a compact tokenizer needs room for the 256 single bytes and "
-                         f"{len(specials)} special tokens: size must be at least {256 + len(specials)}, got {size}")
+                         f"{len(specials)} special tokens: size must be at least {256 + len(specials)}, "
+                         f"got {size}")
     kept = {bytes([b]) for b in range(256)}
     by_id = {i: t for t, i in ranks.items()}
     # most used first; ties (and the long tail of unused tokens) in base-rank order
@@ -158,6 +158,7 @@ def report(base: Tokenizer, train_texts: list[str], eval_texts: list[str], sizes
     (coverage), and tokens per byte of the compact, the full base and gpt-2K tokenizers on eval_texts."""
     counts = count_tokens(base, train_texts)
     eval_counts = count_tokens(base, eval_texts)
+    n_special = len(base._enc._special_tokens)
     rows = []
     for size in sizes:
         tok = build_compact(base, counts, size)
@@ -168,7 +169,7 @@ def report(base: Tokenizer, train_texts: list[str], eval_texts: list[str], sizes
                      "train_coverage": float(counts[kept].sum() / counts.sum()),
                      # kept only to reach longer tokens: never produced on the counted text
                      "unused_multibyte": int(sum(counts[i] == 0 and len(base.token_bytes(i)) > 1
-                                                 for i in tok.compact["base_ids"][:-len(base._enc._special_tokens)])),
+                                                 for i in tok.compact["base_ids"][:-n_special])),
                      "tokens_per_byte": tokens_per_byte(tok, eval_texts),
                      "embedding_share_14M": embedding_share(size)})
     out = {"base": base.name, "base_tokens_per_byte": tokens_per_byte(base, eval_texts),
@@ -181,12 +182,14 @@ def report(base: Tokenizer, train_texts: list[str], eval_texts: list[str], sizes
 
 
 def report_table(r: dict) -> str:
-    lines = ["| tokenizer | ids | coverage (validation) | tokens/byte | vs full | vs gpt-2K | emb+head share, 14M |",
+    lines = ["| tokenizer | ids | coverage (validation) | tokens/byte | vs full | vs gpt-2K "
+             "| emb+head share, 14M |",
              "|---|---:|---:|---:|---:|---:|---:|"]
     g = r.get("gpt2k_tokens_per_byte")
     for row in r["sizes"]:
         lines.append(f"| {row['name']} | {row['size']:,} | {100 * row['coverage']:.2f}% | "
-                     f"{row['tokens_per_byte']:.4f} | {row['tokens_per_byte'] / r['base_tokens_per_byte']:.3f}x | "
+                     f"{row['tokens_per_byte']:.4f} | "
+                     f"{row['tokens_per_byte'] / r['base_tokens_per_byte']:.3f}x | "
                      + (f"{row['tokens_per_byte'] / g:.3f}x" if g else "-")
                      + f" | {100 * row['embedding_share_14M']:.1f}% |")
     lines.append(f"| {r['base']} | 100,277 | 100% | {r['base_tokens_per_byte']:.4f} | 1x | "

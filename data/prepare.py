@@ -134,7 +134,8 @@ def build_tokenizer(cfg: PrepareConfig, root: Path, plan: dict, out_dir: Path) -
         if not size.isdigit() or not plan["train"]:
             raise DataError(f"--tokenizer={cfg.tokenizer}: give compact:N with N the number of ids "
                             f"(e.g. compact:4000), and data with a train split to count tokens on")
-        print(f"cutting cl100k_base to the {size} ids most used on {cfg.corpus} train ({', '.join(plan['train'])})")
+        print(f"cutting cl100k_base to the {size} ids most used on {cfg.corpus} train "
+              f"({', '.join(plan['train'])})")
         texts = (d.text for d in iter_documents(root, cfg.corpus, "train", plan["train"], cfg.scale))
         try:
             tok = build_from_texts(texts, int(size))

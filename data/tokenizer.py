@@ -172,7 +172,8 @@ class Tokenizer:
             base_ids += [int(b) for b in data["special_base_ids"]]
             pattern, eot_id = data["pattern"], int(data["eot_id"])
         except (KeyError, ValueError, TypeError) as e:
-            raise ValueError(f"{path}: a malformed compact tokenizer file ({type(e).__name__}: {e})") from None
+            raise ValueError(f"{path}: a malformed compact tokenizer file "
+                             f"({type(e).__name__}: {e})") from None
         ranks = {t: i for i, t in enumerate(tokens)}
         if len(ranks) != len(tokens) or len(base_ids) != len(tokens) + len(specials):
             raise ValueError(f"{path}: duplicate tokens, or base ids that do not match the tokens")

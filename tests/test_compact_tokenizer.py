@@ -78,7 +78,8 @@ def test_kept_set_is_the_most_used_and_closed_under_merges(base, counts, compact
     assert set(np.argsort(-counts)[:10].tolist()) <= kept
     regular = compact.compact["base_ids"][:-5]
     needed = {t for i in regular if counts[i] > 0 for t in merge_tree(base.token_bytes(i), ranks)}
-    assert all(counts[i] > 0 or base.token_bytes(i) in needed for i in regular if len(base.token_bytes(i)) > 1)
+    multi_byte = [i for i in regular if len(base.token_bytes(i)) > 1]
+    assert all(counts[i] > 0 or base.token_bytes(i) in needed for i in multi_byte)
     # ids follow the base ranks, so BPE merge priorities are the base's
     assert regular == sorted(regular)
 
@@ -98,7 +99,8 @@ def test_every_kept_token_encodes_to_itself(base, compact):
 
 def random_texts(seed: int, n: int = 200) -> list[str]:
     rng = random.Random(seed)
-    out = ["", "Once upon a time 🐱🐶 said ¿qué? 中文字符 and \u200b\x00\t\r\n  end", "👩‍👩‍👧‍👦" * 3]
+    out = ["", "Once upon a time 🐱🐶 said ¿qué? 中文字符 and \u200b\x00\t\r\n  end",
+           "👩‍👩‍👧‍👦" * 3]
     for _ in range(n):
         kind = rng.randrange(3)
         if kind == 0:  # random bytes read as Latin-1 text: every byte value appears
@@ -108,7 +110,8 @@ def random_texts(seed: int, n: int = 200) -> list[str]:
                                                rng.randrange(0xe000, 0x110000)]))
                                for _ in range(rng.randrange(1, 30))))
         else:  # invalid UTF-8 bytes replaced, mixed with words
-            out.append(bytes(rng.randrange(256) for _ in range(20)).decode("utf-8", errors="replace") + " the cat")
+            junk = bytes(rng.randrange(256) for _ in range(20)).decode("utf-8", errors="replace")
+            out.append(junk + " the cat")
     return out
 
 

@@ -41,6 +41,10 @@ def batches(n=2, seed=1):
     return out
 
 
+def same(got, want):
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
 def hf(model):
     return {k: v.detach() for k, v in interop._llama_tensors(model).items()}
 
@@ -51,16 +55,17 @@ def heads(w, n):  # (n·Dh, D) -> (n, Dh, D): one block of rows per head
 
 @pytest.mark.parametrize("criterion", ["l2", "taylor", "random"])
 def test_weights_are_the_selected_slices(source, criterion):
-    tgt = LlamaConfig(**{**SRC.__dict__, "n_layer": 2, "n_embd": 32, "n_head": 4, "n_kv_head": 2, "ffn_hidden": 40})
+    tgt = LlamaConfig(**{**SRC.__dict__, "n_layer": 2, "n_embd": 32, "n_head": 4, "n_kv_head": 2,
+                         "ffn_hidden": 40})
     vocab = list(range(0, 96, 2))
     small, sel = inherit.inherit_model(source, tgt, criterion, "ends", batches(), vocab=vocab)
     assert sel.layers == [0, 3] and small.config.vocab_size == 48
     a, b = hf(source), hf(small)
     ch, rows = torch.tensor(sel.channels), torch.tensor(vocab)
     assert len(set(sel.channels)) == 32
-    torch.testing.assert_close(b["model.embed_tokens.weight"], a["model.embed_tokens.weight"][rows][:, ch], rtol=0, atol=0)
-    torch.testing.assert_close(b["lm_head.weight"], a["lm_head.weight"][rows][:, ch], rtol=0, atol=0)
-    torch.testing.assert_close(b["model.norm.weight"], a["model.norm.weight"][ch], rtol=0, atol=0)
+    same(b["model.embed_tokens.weight"], a["model.embed_tokens.weight"][rows][:, ch])
+    same(b["lm_head.weight"], a["lm_head.weight"][rows][:, ch])
+    same(b["model.norm.weight"], a["model.norm.weight"][ch])
     for new, old in enumerate(sel.layers):
         p, q = f"model.layers.{old}.", f"model.layers.{new}."
         qs, kvs, ns = map(torch.tensor, (sel.q_heads[new], sel.kv_heads[new], sel.neurons[new]))
@@ -68,14 +73,14 @@ def test_weights_are_the_selected_slices(source, criterion):
         for name, w in (("q_proj", heads(a[p + "self_attn.q_proj.weight"], 6)[qs]),
                         ("k_proj", heads(a[p + "self_attn.k_proj.weight"], 3)[kvs]),
                         ("v_proj", heads(a[p + "self_attn.v_proj.weight"], 3)[kvs])):
-            torch.testing.assert_close(b[q + f"self_attn.{name}.weight"], w.flatten(0, 1)[:, ch], rtol=0, atol=0)
+            same(b[q + f"self_attn.{name}.weight"], w.flatten(0, 1)[:, ch])
         o = a[p + "self_attn.o_proj.weight"].view(48, 6, 8)[:, qs].flatten(1)
-        torch.testing.assert_close(b[q + "self_attn.o_proj.weight"], o[ch], rtol=0, atol=0)
+        same(b[q + "self_attn.o_proj.weight"], o[ch])
         for name in ("gate_proj", "up_proj"):
-            torch.testing.assert_close(b[q + f"mlp.{name}.weight"], a[p + f"mlp.{name}.weight"][ns][:, ch], rtol=0, atol=0)
-        torch.testing.assert_close(b[q + "mlp.down_proj.weight"], a[p + "mlp.down_proj.weight"][ch][:, ns], rtol=0, atol=0)
+            same(b[q + f"mlp.{name}.weight"], a[p + f"mlp.{name}.weight"][ns][:, ch])
+        same(b[q + "mlp.down_proj.weight"], a[p + "mlp.down_proj.weight"][ch][:, ns])
         for name in ("input_layernorm", "post_attention_layernorm"):
-            torch.testing.assert_close(b[q + f"{name}.weight"], a[p + f"{name}.weight"][ch], rtol=0, atol=0)
+            same(b[q + f"{name}.weight"], a[p + f"{name}.weight"][ch])
 
 
 def masked(source, sel):
@@ -156,7 +161,8 @@ def test_l2_keeps_the_largest_units(source):
 @pytest.mark.parametrize("change,message", [
     ({"n_layer": 5}, "larger than the source"), ({"ffn_hidden": 81}, "larger than the source"),
     ({"n_embd": 40, "n_head": 4, "n_kv_head": 2}, "head dim differs"),
-    ({"n_head": 6, "n_kv_head": 1}, "query heads per kv head"), ({"n_embd": 40, "n_head": 5, "n_kv_head": 5}, "larger"), ({"rope_theta": 1e4}, "rope_theta")])
+    ({"n_head": 6, "n_kv_head": 1}, "query heads per kv head"),
+    ({"n_embd": 40, "n_head": 5, "n_kv_head": 5}, "larger"), ({"rope_theta": 1e4}, "rope_theta")])
 def test_bad_targets_are_explained(source, change, message):
     with pytest.raises(inherit.InheritError, match=message):
         inherit.inherit_model(source, LlamaConfig(**{**SRC.__dict__, **change}))
@@ -274,11 +280,12 @@ def test_compact_vocabulary_from_a_cl100k_run(shared_data, tmp_path):
     for key in ("tok_emb.weight", "lm_head.weight"):
         torch.testing.assert_close(b["model"][key], a[key][rows], rtol=0, atol=0)
     run = tmp_path / "run"
-    run_script("train.py", f"--data_dir={small_data}", f"--out_dir={run}", f"--init_from={child}", "--seq_len=32",
-               "--batch_size=2", "--max_steps=2", "--eval_every=2", "--eval_steps=1", "--compile=false",
+    run_script("train.py", f"--data_dir={small_data}", f"--out_dir={run}", f"--init_from={child}",
+               "--seq_len=32", "--batch_size=2", "--max_steps=2", "--eval_every=2", "--eval_steps=1",
+               "--compile=false",
                "--dtype=fp32", "--threads=1", "--peak_flops=1e10", "--sample_tokens=0", "--warmup_steps=1")
-    summary = json.loads(run_script("evaluate.py", f"--out_dir={run}", f"--data={shared_data}", "--genres=math",
-                                    "--max_tokens_per_genre=500", "--device=cpu",
+    summary = json.loads(run_script("evaluate.py", f"--out_dir={run}", f"--data={shared_data}",
+                                    "--genres=math", "--max_tokens_per_genre=500", "--device=cpu",
                                     "--split=validation").stdout.strip().splitlines()[-1])
     assert summary["tokenizer"] == "compact-1K"
 

@@ -16,8 +16,8 @@ from conftest import run_script
 BASE = LlamaConfig(vocab_size=2000, n_layer=8, n_embd=336, n_head=8, n_kv_head=8, ffn_hidden=1344)
 
 
-@pytest.mark.parametrize("depth,ratio,head_dim,kv_ratio", [(2, 2.0, 32, 1), (8, 2.667, 32, 1), (16, 4.0, 16, 2),
-                                                            (32, 2.667, 16, 1)])
+@pytest.mark.parametrize("depth,ratio,head_dim,kv_ratio", [(2, 2.0, 32, 1), (8, 2.667, 32, 1),
+                                                            (16, 4.0, 16, 2), (32, 2.667, 16, 1)])
 def test_shapes_meet_the_budget(depth, ratio, head_dim, kv_ratio):
     budget = Llama(BASE).num_params()
     m = sweep.shape_for(budget, depth, ratio, head_dim, kv_ratio, BASE)
@@ -71,8 +71,8 @@ def test_sweep_trains_reports_and_resumes(base_config, leaner_small, tmp_path, m
         assert r["val_loss"] == [m["val_loss"] for m in metrics if "val_loss" in m][-1]
         # nats per token -> bits per byte of the validation text (each end-of-text one byte, as evaluate.py)
         val = json.loads((leaner_small / "meta.json").read_text())["splits"]["validation"]
-        assert r["bits_per_byte"] == pytest.approx(r["val_loss"] * val["tokens"] / (val["bytes"] + val["documents"])
-                                                   / math.log(2))
+        tokens_per_byte = val["tokens"] / (val["bytes"] + val["documents"])
+        assert r["bits_per_byte"] == pytest.approx(r["val_loss"] * tokens_per_byte / math.log(2))
     assert "| L" in (out / "summary.md").read_text() and (out / "sweep.png").stat().st_size > 1000
 
     # a second run of the same command trains nothing
