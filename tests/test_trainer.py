@@ -201,14 +201,20 @@ def test_growing_source_killed_and_resumed_gives_identical_losses(leaner_small, 
     ("--lr=0", "lr must be greater than 0"),
     ("--beta2=1.5", "beta2 must be in [0, 1)"),
 ])
-def test_bad_settings_stop_before_any_compute(flag, message, tmp_path):
+def test_bad_settings_are_config_errors(flag, message):
+    with pytest.raises(config_lib.ConfigError) as error:
+        parse(flag)
+    assert message in str(error.value) and flag.split("=")[0] in str(error.value)
+
+
+def test_a_bad_setting_stops_the_command_before_any_compute(tmp_path):
     out = tmp_path / "run"
-    bad = run_script("train.py", *TINY, f"--data_dir={tmp_path / 'no_data'}", f"--out_dir={out}", flag,
+    bad = run_script("train.py", *TINY, f"--data_dir={tmp_path / 'no_data'}", f"--out_dir={out}", "--decay=cosin",
                      check=False)
     # the data folder does not even exist: the config is rejected before anything is read or built
     assert bad.returncode == 2, bad.stderr
-    assert message in bad.stderr and "Traceback" not in bad.stderr
-    assert not out.exists()
+    assert "decay must be one of cosine, linear, constant, got 'cosin'" in bad.stderr
+    assert "Traceback" not in bad.stderr and not out.exists()
 
 
 def test_bad_settings_in_a_config_file_name_the_line(tmp_path):
@@ -219,17 +225,23 @@ def test_bad_settings_in_a_config_file_name_the_line(tmp_path):
 
 
 def test_other_entry_points_check_their_settings(tmp_path):
-    for cmd, flag, message in [("sample.py", "--top_p=1.5", "top_p must be at most 1"),
-                               ("sample.py", "--device=tpu", "device must be one of"),
-                               ("evaluate.py", "--genres=book,wikki", "genres must be all or a comma list of web, book"),
-                               ("evaluate.py", "--split=dev", "split must be one of train, validation, test")]:
-        bad = run_script(cmd, f"--out_dir={tmp_path / 'none'}", flag, check=False)
-        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, (cmd, bad.stderr)
+    import evaluate
+    import sample
+    for defaults, flag, message in [(sample.SampleConfig(), "--top_p=1.5", "top_p must be at most 1"),
+                                    (sample.SampleConfig(), "--device=tpu", "device must be one of"),
+                                    (evaluate.EvalConfig(), "--genres=book,wikki",
+                                     "genres must be all or a comma list of web, book"),
+                                    (evaluate.EvalConfig(), "--split=dev",
+                                     "split must be one of train, validation, test")]:
+        with pytest.raises(config_lib.ConfigError, match=message.replace("[", r"\[")):
+            config_lib.parse_args(defaults, [flag])
+    bad = run_script("evaluate.py", f"--out_dir={tmp_path / 'none'}", "--split=dev", check=False)
+    assert bad.returncode == 2 and "split must be one of" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_help_lists_the_choices():
-    result = run_script("train.py", "--help")
-    assert "--decay=cosine   (cosine | linear | constant)" in result.stdout
+    import train
+    assert "--decay=cosine   (cosine | linear | constant)" in config_lib.describe(train.TrainConfig())
 
 
 def test_device_auto_everywhere(source_run):
