@@ -88,7 +88,11 @@ def markdown(summary: dict) -> str:
     for model, cells in summary["rows"].items():
         row = [model]
         for c in [*columns, "average"]:
-            row.append(f"{100 * cells[c][0]:.1f} ± {100 * cells[c][1]:.1f}" if c in cells else "")
+            if c not in cells:
+                row.append("")
+            else:  # one seed has no spread to show
+                mean, std, n = cells[c][:3]
+                row.append(f"{100 * mean:.1f} ± {100 * std:.1f}" if n > 1 else f"{100 * mean:.1f}")
         lines.append("| " + " | ".join(row) + " |")
     if summary["scored"] == "dev":
         majority = [f"{100 * summary['majority'][c]:.1f}" if summary["majority"].get(c) is not None else ""
@@ -100,12 +104,13 @@ def markdown(summary: dict) -> str:
         lines.append("| " + " | ".join([model] + [f"{cells[c][3]:g} ({cells[c][2]})" if c in cells else ""
                                                     for c in columns]) + " |")
     lines.append("")
-    lines.append(f"Mean ± standard deviation over seeds, x100, of the {summary['scored']} score."
+    lines.append(f"Mean ± standard deviation over seeds (the mean alone for one seed), x100, of the "
+                 f"{summary['scored']} score."
                  + (" No test files were given: these are dev scores of the step and learning rate that the "
                     "same dev set selected, so they are optimistic." if summary["scored"] == "dev" else ""))
     if held_out:
-        lines.append(f"† {', '.join(sorted(held_out))}: the local copy has no train file; the validation file "
-                     f"was split with a fixed seed into train and a held-out dev set.")
+        lines.append(f"† {', '.join(sorted(held_out))}: the local copy has no train file; the validation "
+                     f"file was split with a fixed seed into train and a held-out dev set.")
     return "\n".join(lines) + "\n"
 
 

@@ -362,3 +362,32 @@ def test_a_label_of_the_wrong_type_names_file_and_line(pretrained, shared_data, 
     err = _main_error(capsys, "--task=stsb", f"--init_from={pretrained}", f"--glue_dir={glue}",
                       "--seq_len=128")
     assert f"{glue}/stsb_train.jsonl:1: stsb label 7.5 is outside the similarity range 0-5" in err
+
+
+# ------------------------------------------------------------------ the study's commands
+
+def test_study_commands(tmp_path):
+    """glue_study.py prints the commands of each step: the shared tokenizer, both corpora, four
+    pre-trainings, six fine-tuning sweeps (the four and a from-scratch model of each architecture)."""
+    out = run_script("glue_study.py", f"--out_dir={tmp_path}", "--dry_run").stdout
+    commands = [line[2:] for line in out.splitlines() if line.startswith("$ ")]
+    assert f"--corpus=ori --data_root=../shared/data/tinyhelen --genres=book,wiki,textbook,conversation " \
+           f"--tokenizer={tmp_path}/data/leaner/tokenizer.json" in commands[1]
+    assert [c.split()[1] for c in commands] == ["data/prepare.py"] * 2 + ["train.py"] * 4 + \
+        ["finetune_glue.py"] * 6 + ["glue_report.py"]
+    assert f"--init_from=scratch:{tmp_path}/leaner_mamba --name=scratch_mamba" in commands[-2]
+    assert not (tmp_path / "times.jsonl").exists()
+
+
+@pytest.mark.slow
+def test_the_whole_study_on_tiny_settings_and_its_resume(tmp_path):
+    """Every step for real on tiny settings; run again, nothing is redone."""
+    run_script("glue_study.py", "--tiny", f"--out_dir={tmp_path}")
+    table = (tmp_path / "glue" / "summary.md").read_text()
+    for name in ("leaner_llama", "ori_llama", "leaner_mamba", "ori_mamba", "scratch_llama", "scratch_mamba"):
+        assert f"| {name} |" in table
+    assert "| model | cola (MCC) | mrpc (F1/acc) | stsb (P/S corr) | rte (acc) | wnli (acc) | average |" in table
+    times = (tmp_path / "times.jsonl").read_text().splitlines()
+    again = run_script("glue_study.py", "--tiny", f"--out_dir={tmp_path}").stdout
+    assert "prepared earlier" in again and "trained earlier" in again and "0 of 5 runs to do" in again
+    assert len((tmp_path / "times.jsonl").read_text().splitlines()) == len(times) + 7  # 6 sweeps + report

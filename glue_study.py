@@ -1,0 +1,142 @@
+"""The Leaner-Glue study at CPU scale, one resumable command per step: leaner vs original vs scratch.
+
+    python glue_study.py --step=prepare     # leaner and original corpora, one tokenizer (trained on leaner)
+    python glue_study.py --step=pretrain    # Llama and Mamba (configs/study_*.py) on each corpus: 4 runs
+    python glue_study.py --step=finetune    # Leaner-Glue for the 4 runs and a from-scratch model of each
+    python glue_study.py --step=report      # OUT_DIR/glue/summary.md and .png
+    python glue_study.py                    # all four, in order
+    python glue_study.py --tiny --out_dir=/tmp/study   # every step on tiny settings: checks the commands
+
+Each step runs the project's own commands (printed before they run), so a step is what a user would
+type. Each is resumable: prepared data is kept, a pre-training run that was stopped continues with
+--resume and a finished one is skipped, and a fine-tuning sweep skips its finished runs. The wall
+time of every command is appended to OUT_DIR/times.jsonl.
+
+Genres: the paper's web, book, wiki, textbook and conversation, less web, which has no train file in
+the local copy of either corpus (it is over 4 MiB); so book, wiki, textbook, conversation.
+Fine-tuning: configs/glue_cpu.py on cola, mrpc, rte, stsb and wnli (the tasks with a train file here).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import config as config_lib
+from atomic import append_line
+from config import setting
+
+ARCHS = ("llama", "mamba")
+CORPORA = ("leaner", "ori")
+TINY_MODEL = {
+    "llama": ["--model.n_layer=1", "--model.n_embd=64", "--model.n_head=4", "--model.n_kv_head=2",
+              "--model.ffn_hidden=176"],
+    "mamba": ["--model.n_layer=1", "--model.n_embd=64", "--model.d_state=16", "--model.headdim=16",
+              "--model.chunk_size=16", "--model.mlp_hidden=128"],
+}
+TINY_PRETRAIN = ["--max_steps=8", "--eval_every=8", "--eval_steps=1", "--ckpt_every=8", "--batch_size=4",
+                 "--seq_len=64", "--sample_tokens=0", "--warmup_steps=2", "--log_every=4"]
+TINY_FINETUNE = ["--epochs=1", "--max_train=64", "--batch_size=16", "--lrs=1e-3", "--seeds=1", "--seq_len=64"]
+
+
+@dataclass
+class StudyConfig:
+    step: str = setting("all", choices=("all", "prepare", "pretrain", "finetune", "report"))
+    out_dir: str = "out/study"
+    data_root: str = "../shared/data/tinyhelen"
+    genres: str = "book,wiki,textbook,conversation"
+    tasks: str = "cola,mrpc,rte,stsb,wnli"
+    glue_config: str = "configs/glue_cpu.py"
+    tiny: bool = False       # tiny models, steps and data: for checking that every command works
+    dry_run: bool = False    # print the commands without running them
+
+
+def run(cfg: StudyConfig, step: str, args: list[str]) -> None:
+    command = [sys.executable, *args]
+    print("$ " + " ".join(["python", *args]), flush=True)
+    if cfg.dry_run:
+        return
+    began = time.perf_counter()
+    result = subprocess.run(command)
+    seconds = round(time.perf_counter() - began, 1)
+    append_line(Path(cfg.out_dir) / "times.jsonl", json.dumps(
+        {"step": step, "command": " ".join(args), "seconds": seconds, "rc": result.returncode}))
+    if result.returncode != 0:
+        print(f"error: that command failed (exit {result.returncode}); fix what it says and run this step "
+              f"again: what is done is kept", file=sys.stderr)
+        raise SystemExit(result.returncode)
+
+
+def prepare(cfg: StudyConfig) -> None:
+    data = Path(cfg.out_dir) / "data"
+    genres = "wiki,conversation" if cfg.tiny else cfg.genres
+    common = [f"--data_root={cfg.data_root}", f"--genres={genres}"]
+    for corpus in CORPORA:
+        if (data / corpus / "meta.json").is_file():
+            print(f"{data / corpus}: prepared earlier", flush=True)
+            continue
+        tokenizer = "train" if corpus == "leaner" else str(data / "leaner" / "tokenizer.json")
+        run(cfg, "prepare", ["data/prepare.py", f"--corpus={corpus}", *common, f"--tokenizer={tokenizer}",
+                             f"--out_dir={data / corpus}"])
+
+
+def finished(run_dir: Path) -> bool | None:
+    """True when the run's checkpoint is at its last step, False when it stopped before, None when absent."""
+    ckpt = run_dir / "ckpt.pt"
+    if not ckpt.is_file():
+        return None
+    import torch
+    state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
+    return state["step"] >= state["config"]["max_steps"]
+
+
+def pretrain(cfg: StudyConfig) -> None:
+    for arch in ARCHS:
+        for corpus in CORPORA:
+            out = Path(cfg.out_dir) / f"{corpus}_{arch}"
+            done = finished(out)
+            if done:
+                print(f"{out}: trained earlier", flush=True)
+                continue
+            tiny = [*TINY_MODEL[arch], *TINY_PRETRAIN] if cfg.tiny else []
+            data = Path(cfg.out_dir) / "data" / corpus
+            resume = ["--resume"] if done is False else []
+            run(cfg, "pretrain", ["train.py", f"configs/study_{arch}.py", f"--data_dir={data}",
+                                  f"--out_dir={out}", *tiny, *resume])
+
+
+def sweeps(cfg: StudyConfig) -> list[tuple[str, str]]:
+    """(init_from, name) of every fine-tuned model: the four runs, then a from-scratch model of each
+    architecture (the leaner run's architecture and the shared tokenizer, random weights)."""
+    out = Path(cfg.out_dir)
+    models = [(str(out / f"{corpus}_{arch}"), f"{corpus}_{arch}") for arch in ARCHS for corpus in CORPORA]
+    return models + [(f"scratch:{out / f'leaner_{arch}'}", f"scratch_{arch}") for arch in ARCHS]
+
+
+def finetune(cfg: StudyConfig) -> None:
+    for init_from, name in sweeps(cfg):
+        run(cfg, "finetune", ["finetune_glue.py", cfg.glue_config, f"--task={cfg.tasks}",
+                              f"--init_from={init_from}", f"--name={name}",
+                              f"--out_dir={Path(cfg.out_dir) / 'glue' / name}",
+                              *(TINY_FINETUNE if cfg.tiny else [])])
+
+
+def report(cfg: StudyConfig) -> None:
+    glue = Path(cfg.out_dir) / "glue"
+    folders = ",".join(str(glue / name) for _, name in sweeps(cfg))
+    run(cfg, "report", ["glue_report.py", f"--sweeps={folders}", f"--out={glue / 'summary'}"])
+
+
+def main(cfg: StudyConfig) -> None:
+    steps = {"prepare": prepare, "pretrain": pretrain, "finetune": finetune, "report": report}
+    for name, step in steps.items():
+        if cfg.step in ("all", name):
+            step(cfg)
+
+
+if __name__ == "__main__":
+    config_lib.run_cli(main, StudyConfig())
