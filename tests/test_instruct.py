@@ -1,0 +1,266 @@
+"""instruct.py, instruct_data.py and judge.py: loss masks and batches, held-out data kept out, answers
+that resume, and a judge whose parsing, retries, failure records and resume are shown against a
+scripted loopback server (and, slow, against the real embedded llama.cpp server). Batched generation
+itself is tested in tests/test_batched_generate.py."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import judge
+from data.corpus import DataError
+from data.tasks import Instruction, read_eval
+from instruct_data import InstructionBatches, check_no_leak, convert, encode, forbidden_texts, make_batch, normalise
+from tests.conftest import run_script
+
+
+class CharTokenizer:
+    """One token per byte, end-of-text 256: lengths an oracle can count by hand."""
+    eot_id = 256
+
+    def encode(self, text):
+        return list(text.encode())
+
+    def encode_batch(self, texts):
+        return [self.encode(t) for t in texts]
+
+    def decode(self, ids):
+        return bytes(i for i in ids if i < 256).decode(errors="replace")
+
+
+def _instr(instruction, output, input=""):
+    return Instruction(instruction, input, output, "mem", 1)
+
+
+EXAMPLES = [_instr("Say hi.", "Hi!"), _instr("Add.", "4", "2 + 2"), _instr("Name a colour, any colour.", "Blue.")]
+
+
+# ------------------------------------------------------------------------------------------- masks
+
+def test_loss_mask_scores_exactly_the_response_and_its_end():
+    tok = CharTokenizer()
+    enc, dropped = encode(EXAMPLES, tok, max_len=64)
+    x, y = make_batch(enc, [0, 1, 2], "response", pad_id=tok.eot_id)
+    assert dropped == 0 and x.shape[1] % 16 == 0
+    for b, ex in enumerate(EXAMPLES):
+        prompt = [tok.eot_id] + tok.encode(f"### TASK INPUT:\n{ex.instruction}" + (f"\n{ex.input}" if ex.input else "")
+                                           + "\n\n### RESPONSE:\n")
+        want = tok.encode(ex.output) + [tok.eot_id]   # the response, then its end-of-text
+        scored = y[b][y[b] != -1].tolist()
+        assert scored == want
+        first = (y[b] != -1).nonzero()[0].item()
+        assert first == len(prompt) - 1 and x[b, :len(prompt)].tolist() == prompt
+    x_all, y_all = make_batch(enc, [0, 1, 2], "all", pad_id=tok.eot_id)
+    for b, ex in enumerate(EXAMPLES):
+        n = len(enc.tokens[b]) - 1
+        assert y_all[b, :n].tolist() == enc.tokens[b][1:].tolist() and (y_all[b, n:] == -1).all()
+
+
+def test_nothing_leaks_across_examples_of_a_batch():
+    """Row 0's logits and loss are the same whatever shares its batch, and equal row 0 alone."""
+    from model_llama import Llama, LlamaConfig
+    torch.manual_seed(0)
+    model = Llama(LlamaConfig(vocab_size=257, n_layer=2, n_embd=32, n_head=4, n_kv_head=2, ffn_hidden=64,
+                              max_seq_len=128)).eval()
+    tok = CharTokenizer()
+    enc, _ = encode(EXAMPLES + [_instr("Something much longer than the others, to pad the rest.", "Yes.")], tok, 120)
+    n0 = len(enc.tokens[0]) - 1
+
+    def row0(rows):
+        x, y = make_batch(enc, rows, "response", tok.eot_id)
+        logits = model(x)[0][0, :n0]
+        return logits, F.cross_entropy(logits[y[0, :n0] != -1], y[0, :n0][y[0, :n0] != -1])
+    alone_logits, alone_loss = row0([0])
+    for rows in ([0, 1], [0, 3], [0, 2, 3]):
+        logits, loss = row0(rows)
+        torch.testing.assert_close(logits, alone_logits, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(loss, alone_loss, atol=1e-5, rtol=1e-5)
+
+
+def test_batches_resume_exactly():
+    enc, _ = encode(EXAMPLES * 5, CharTokenizer(), 64)
+    a = InstructionBatches(enc, 4, "response", 256, seed=3)
+    for _ in range(5):
+        a.next_batch()
+    b = InstructionBatches(enc, 4, "response", 256, seed=3)
+    b.load_state_dict(a.state_dict())
+    for _ in range(6):  # across an epoch boundary (4 batches an epoch)
+        for ta, tb in zip(a.next_batch(), b.next_batch()):
+            assert torch.equal(ta, tb)
+
+
+# ------------------------------------------------------------------------------------------- held out
+
+def test_converted_sets_share_no_hash_or_text_with_eval_or_test_data(shared_data):
+    rows, dropped = convert(shared_data, ["math", "code", "glue"])
+    assert {r["source"].split(":")[0] for r in rows} == {"math", "code", "glue"}
+    assert dropped > 0  # the templated math repeats across splits: some rows must have gone
+    # the oracle: held-out texts and hashes read again with json, not through forbidden_texts
+    held_hashes, held_texts = set(), set()
+    for path in sorted((shared_data / "leaner" / "eval").glob("*.jsonl")):
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            held_hashes.add(row["hash"])
+            held_texts.add(normalise(row["question"]))
+    for genre in ("math", "code"):
+        for path in (shared_data / "leaner" / "10M" / "test").glob(f"{genre}*.jsonl"):
+            for line in path.read_text().splitlines():
+                row = json.loads(line)
+                held_hashes.add(row["hash"])
+                held_texts.update(normalise(row.get(f) or "") for f in ("problem", "prompt", "response"))
+    for path in (shared_data / "leaner" / "glue").glob("*.jsonl"):
+        if "_train" not in path.name:
+            for line in path.read_text().splitlines():
+                row = json.loads(line)
+                held_texts.update(normalise(v) for k, v in row.items() if isinstance(v, str))
+    held_texts.discard("")
+    for r in rows:
+        assert r["hash"] not in held_hashes
+        for text in (r["instruction"], r["input"], r["output"], "\n".join(t for t in (r["instruction"], r["input"]) if t)):
+            assert normalise(text) not in held_texts, r
+
+
+def test_an_eval_question_in_training_data_is_refused(shared_data, tmp_path):
+    q = read_eval(shared_data, "split-9-10")[0].question
+    path = tmp_path / "simplified.jsonl"
+    path.write_text(json.dumps({"instruction": q.upper() + "  ", "response": "An answer."}) + "\n"
+                    + json.dumps({"instruction": "Say something nice.", "response": "You are kind."}) + "\n")
+    rows, dropped = convert(shared_data, [f"simplified:{path}"])
+    assert dropped == 1 and [r["instruction"] for r in rows] == ["Say something nice."]
+    from data.tasks import read_instructions
+    with pytest.raises(DataError, match=r"simplified.jsonl:1: .*held out .*eval"):
+        check_no_leak(read_instructions(path), forbidden_texts(shared_data))
+
+
+# ------------------------------------------------------------------------------------------- bad input
+
+def _write(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def test_bad_inputs_give_clear_errors(tmp_path):
+    a = _write(tmp_path / "a.jsonl", [{"hash": "h1", "question": "q1", "answer": "x", "model": "a"},
+                                       {"hash": "h2", "question": "q2", "answer": "y", "model": "a"}])
+    b = _write(tmp_path / "b.jsonl", [{"hash": "h1", "question": "q1", "answer": "x", "model": "b"}])
+    with pytest.raises(DataError, match="answer different questions"):
+        judge.read_answers([a, b])
+    c = _write(tmp_path / "c.jsonl", [{"hash": "h1", "question": "q1", "model": "c"}])
+    with pytest.raises(DataError, match=r"c.jsonl:1: .*no 'answer' field"):
+        judge.read_answers([a, c])
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    import instruct
+    with pytest.raises(DataError, match="holds no questions"):
+        instruct.read_questions(empty)
+    _write(tmp_path / "noq.jsonl", [{"text": "no question field"}])
+    with pytest.raises(DataError, match=r"noq.jsonl:1: .*question"):
+        instruct.read_questions(tmp_path / "noq.jsonl")
+    result = run_script("instruct.py", "generate", "--init_from=nowhere", f"--questions={empty}", check=False)
+    assert result.returncode == 2 and "holds no questions" in result.stderr
+    result = run_script("instruct.py", "judge", f"--answers={a},{b}", check=False)
+    assert result.returncode == 2 and "answer different questions" in result.stderr and "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------------------------------------- judge
+
+def test_parse_scores_is_strict():
+    good = "Sure!\nA: grammar=5 coherence=4 specificity=3\nB: grammar=0 coherence=1 specificity=2\n"
+    assert judge.parse_scores(good, 2) == ({"A": {"grammar": 5, "coherence": 4, "specificity": 3},
+                                           "B": {"grammar": 0, "coherence": 1, "specificity": 2}}, "")
+    assert "no score line for B" in judge.parse_scores("A: grammar=5 coherence=4 specificity=3", 2)[1]
+    assert "label C" in judge.parse_scores(good + "C: grammar=1 coherence=1 specificity=1", 2)[1]
+    assert "outside 0-5" in judge.parse_scores(good.replace("=5", "=7"), 2)[1]
+    assert "twice" in judge.parse_scores(good + "A: grammar=1 coherence=1 specificity=1", 2)[1]
+    assert judge.parse_scores("They are all great.", 2)[0] is None
+
+
+def _scripted(prompt: str) -> str:
+    """The fake judge: reads the question and the labelled answers from the prompt. The answer
+    containing GOOD scores 5s, others 1/2/3; scenarios by question."""
+    question = re.search(r"Question: (.*)", prompt).group(1)
+    answers = dict(re.findall(r"Answer ([A-J]):\n(.*)", prompt))
+    lines = [f"{label}: grammar={5 if 'GOOD' in a else 1} coherence={5 if 'GOOD' in a else 2} "
+             f"specificity={5 if 'GOOD' in a else 3}" for label, a in sorted(answers.items())]
+    retry = "could not be read" in prompt
+    if question == "malformed" and not retry:
+        return "Both answers are lovely!"
+    if question == "partial":
+        return lines[0]
+    if question == "mislabelled":
+        return "\n".join(["Z" + line[1:] for line in lines])
+    return "Here are my grades:\n" + "\n".join(lines)
+
+
+def test_judging_with_a_scripted_server_retries_records_failures_and_resumes(tmp_path):
+    from chat import ChatClient
+    from chat.faults import FaultServer
+    questions = ["fine", "malformed", "partial", "mislabelled", "fine too"]
+    a = _write(tmp_path / "good.jsonl", [{"hash": f"h{i}", "question": q, "answer": f"GOOD answer {i}", "model": "good"}
+                                          for i, q in enumerate(questions)])
+    b = _write(tmp_path / "bad.jsonl", [{"hash": f"h{i}", "question": q, "answer": f"meh {i}", "model": "bad"}
+                                         for i, q in enumerate(questions)])
+    out = tmp_path / "j.jsonl"
+    cfg = judge.JudgeConfig(answers=f"{a},{b}", out=str(out), attempts=3)
+    with FaultServer(answer=_scripted) as fake:
+        client = ChatClient(fake.base_url, "fake", max_attempts=1)
+        rows = judge.judge_all(client, [a, b], cfg, "fake")
+        sent = len(fake.requests)
+        by = {(r["hash"], r["pass"]): r for r in rows}
+        assert len(rows) == 10 and sent == 2 * (1 + 2 + 3 + 3 + 1)  # fine 1, malformed 2, failures 3 each
+        for p in (1, 2):
+            ok = by[("h0", p)]
+            assert ok["status"] == "ok" and ok["scores"]["good"] == {"grammar": 5, "coherence": 5, "specificity": 5}
+            assert ok["scores"]["bad"] == {"grammar": 1, "coherence": 2, "specificity": 3}
+            assert set(ok["labels"].values()) == {"good", "bad"} and ok["attempts"] == 1
+            assert by[("h1", p)]["status"] == "ok" and by[("h1", p)]["attempts"] == 2
+            assert by[("h2", p)]["status"] == "failed" and "no score line for B" in by[("h2", p)]["reason"]
+            assert by[("h3", p)]["status"] == "failed" and "label Z" in by[("h3", p)]["reason"]
+            assert by[("h3", p)]["scores"] is None and len(by[("h3", p)]["replies"]) == 3
+        # the shuffle differs between passes for some question, and is reproducible from the seed
+        assert any(by[(h, 1)]["labels"] != by[(h, 2)]["labels"] for h in ("h0", "h1", "h4"))
+        assert judge.shuffle_for(0, 1, "h0", ["bad", "good"])[0] == list(by[("h0", 1)]["labels"].values())
+        # resume: nothing finished is asked again, failed ones included
+        again = judge.judge_all(client, [a, b], cfg, "fake")
+        assert len(fake.requests) == sent and again == rows
+    agree = judge.agreement(rows)
+    assert agree["pairs"] == 6 and agree["grammar"]["exact"] == 1.0 and agree["sum"]["spearman"] == pytest.approx(1.0)
+    bias = judge.position_bias(rows)
+    assert sum(v["n"] for v in bias["by_label"].values()) == 12
+    report = judge.run_report(judge.ReportConfig(answers=f"{a},{b}", judgements=str(out), eval_root=str(tmp_path),
+                                                 out_dir=str(tmp_path / "report")))
+    assert "| good | all (n=3) | 5.00" in report and "| bad | all (n=3) | 1.00" in report
+    assert (tmp_path / "report" / "scores.png").stat().st_size > 1000
+
+
+def test_text_measures_against_hand_counts():
+    m = judge.text_measures("the cat saw the cat saw the cat")
+    assert m["words"] == 8 and m["distinct_1"] == pytest.approx(3 / 8) and m["distinct_2"] == pytest.approx(3 / 7)
+    # 3-grams: (the cat saw) (cat saw the) (saw the cat) (the cat saw)* (cat saw the)* (saw the cat)*
+    assert m["repetition"] == pytest.approx(3 / 6)
+    assert judge.mean_ci([1.0, 2.0, 3.0])[:2] == pytest.approx((2.0, 4.302653 * 1 / 3 ** 0.5), rel=1e-5)
+
+
+@pytest.mark.slow
+def test_judging_against_the_real_local_server_parses_and_aggregates(tmp_path):
+    pytest.importorskip("llama_cpp")
+    from chat import MODEL_ALIAS, ChatClient, LocalServer
+    qs = ["Why do we wear coats in winter?", "What do bees make?"]
+    a = _write(tmp_path / "a.jsonl", [{"hash": f"h{i}", "question": q, "answer": "Coats keep us warm when it is cold.",
+                                        "model": "a"} for i, q in enumerate(qs)])
+    b = _write(tmp_path / "b.jsonl", [{"hash": f"h{i}", "question": q, "answer": "blue blue blue the the", "model": "b"}
+                                       for i, q in enumerate(qs)])
+    cfg = judge.JudgeConfig(answers=f"{a},{b}", out=str(tmp_path / "j.jsonl"), attempts=2)
+    with LocalServer(n_threads=2) as server:
+        rows = judge.judge_all(ChatClient(server.base_url, MODEL_ALIAS), [a, b], cfg, "SmolLM2-135M")
+    assert len(rows) == 4
+    for r in rows:
+        assert (r["status"] == "ok" and set(r["scores"]) == {"a", "b"}) or (r["status"] == "failed" and r["reason"])
+    judge.run_report(judge.ReportConfig(answers=f"{a},{b}", judgements=cfg.out, eval_root=str(tmp_path),
+                                        out_dir=str(tmp_path / "r")))
+    assert (tmp_path / "r" / "report.md").is_file()
