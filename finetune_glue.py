@@ -137,28 +137,23 @@ class Encoded:
     document), the labels, and where the examples came from."""
     docs: Documents
     labels: np.ndarray   # int64 class ids, or float32 scores (stsb)
-    source: str          # "PATH" or "PATH, 80% (held-out split, seed 0)"
+    source: str          # the file, and which part of it for a held-out split
     truncated: int       # examples longer than seq_len tokens (cut at the end)
 
 
 def encode(examples, tokenizer, max_len: int, source: str) -> Encoded:
+    """Tokenize examples (a pair's texts joined by SEPARATOR) into one stream, each followed by an eot,
+    the layout data/documents.py batches: a row is [eot] + the example, cut to max_len tokens."""
     ids = tokenizer.encode_batch([SEPARATOR.join(e.texts) for e in examples])
-    lengths = np.array([len(i) for i in ids], dtype=np.int64)
-    ends = np.cumsum(lengths + 1) - 1                  # each example is followed by an eot
-    tokens = np.full(int(ends[-1]) + 1, tokenizer.eot_id, dtype=np.int64)
+    lengths = np.array([len(row) for row in ids], dtype=np.int64)
+    tokens = np.concatenate([np.array([*row, tokenizer.eot_id], dtype=np.int64) for row in ids])
+    ends = np.cumsum(lengths + 1) - 1   # the eot after each example
     starts = ends - lengths
-    flat = np.fromiter((t for row in ids for t in row), dtype=np.int64, count=int(lengths.sum()))
-    tokens[np.repeat(starts, lengths) + _offsets(lengths)] = flat
     regression = glue_task(examples[0].task).regression
     labels = np.array([e.label for e in examples], dtype=np.float32 if regression else np.int64)
     docs = Documents(tokens, starts, ends, np.zeros(len(ids), dtype=np.int64), ("glue",), tokenizer.eot_id,
                      source)
     return Encoded(docs, labels, source, int((lengths + 1 > max_len).sum()))
-
-
-def _offsets(lengths: np.ndarray) -> np.ndarray:
-    """0..n-1 for each n in lengths, concatenated."""
-    return np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
 
 
 @dataclass
