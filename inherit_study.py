@@ -1,0 +1,190 @@
+"""The parameter-inheritance ablation: does an inherited small model reach a validation loss in fewer
+steps than the same shape from random weights, and which selection criterion helps most?
+
+    python inherit_study.py --from=out/big_run --to=configs/small.py --base=configs/demo_llama.py \
+        --criteria=random,l2,taylor --seeds=1,2,3 --out_dir=out/inherit_study
+
+For each seed it trains the --to shape from random weights ("scratch") and, for each criterion, from
+the weights inherit.py cuts out of --from with that criterion (random selection draws with the seed;
+l2 and taylor select the same units every seed, the seed then changes the data order and nothing
+else), each through train.py's pre-training stage with the --base training config (its data_dir
+must hold the source's tokenizer). The target loss is --target_loss, or by default the mean final
+validation loss of the scratch runs; the table gives, per arm, the mean final validation loss
+and the mean number of steps to reach the target (at the base config's eval_every resolution).
+
+Resumable: a finished run (result.json) is skipped, a stopped one continues from its checkpoint;
+summary.md, summary.json and curves.png are rebuilt from every result each time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import config as config_lib
+from atomic import atomic_file, atomic_write_json, atomic_write_text
+from checkpoint import CheckpointError, load_checkpoint, model_config_from_dict
+from config import setting
+from metrics import read_metrics
+
+CRITERIA = ("random", "l2", "taylor")
+
+
+def _criteria(text: str) -> str | None:
+    names = [c.strip() for c in text.split(",") if c.strip()]
+    if names and all(c in CRITERIA for c in names):
+        return None
+    return f"must be a comma list of {', '.join(CRITERIA)}"
+
+
+def _seeds(text: str) -> str | None:
+    if all(s.strip().lstrip("-").isdigit() for s in text.split(",")):
+        return None
+    return "must be a comma list of integers"
+
+
+@dataclass
+class StudyConfig:
+    source: str = ""                 # --from: the trained larger run
+    to: str = ""                     # the target shape: a config file whose model is a LlamaConfig
+    base: str = "configs/demo_llama.py"  # the training config of every run (data, optimiser, schedule)
+    train_args: str = ""             # extra train.py flags for every run, e.g. "--max_steps=300"
+    out_dir: str = "out/inherit_study"
+    criteria: str = setting("random,l2,taylor", check=_criteria)
+    layers: str = setting("ends", choices=("ends", "importance"))
+    seeds: str = setting("1,2,3", check=_seeds)
+    target_loss: float = setting(0.0, min=0)  # 0: the scratch runs' mean final validation loss
+    report_only: bool = False
+
+
+def arms(cfg: StudyConfig) -> list[str]:
+    return ["scratch"] + [c.strip() for c in cfg.criteria.split(",") if c.strip()]
+
+
+def run_one(cfg: StudyConfig, train_cfg, arm: str, seed: int) -> dict:
+    import inherit
+    import train
+    folder = Path(cfg.out_dir) / f"{arm}_seed{seed}"
+    if (folder / "result.json").is_file():
+        print(f"{folder.name}: done, skipped")
+        return json.loads((folder / "result.json").read_text())
+    init_from = ""
+    if arm != "scratch":
+        init = folder / "init"
+        if not (init / "ckpt.pt").is_file():
+            inherit.inherit(inherit.InheritConfig(source=cfg.source, to=cfg.to, out_dir=str(init),
+                                                  layers=cfg.layers, criterion=arm, seed=seed,
+                                                  data_dir=train_cfg.data_dir))
+        init_from = str(init)
+    run_dir = folder / "run"
+    run_cfg = dataclasses.replace(train_cfg, out_dir=str(run_dir), seed=seed, init_from=init_from,
+                                  sample_tokens=0, resume=(run_dir / "ckpt.pt").is_file())
+    print(f"{folder.name}: training{' (resuming)' if run_cfg.resume else ''}", flush=True)
+    train.pretrain(run_cfg)
+    curve = [(r["step"], r["val_loss"]) for r in read_metrics(run_dir / "metrics.jsonl") if "val_loss" in r]
+    result = {"arm": arm, "seed": seed, "curve": curve, "final_val_loss": curve[-1][1],
+              "steps": run_cfg.max_steps}
+    atomic_write_json(folder / "result.json", result)
+    return result
+
+
+def steps_to(curve, target: float) -> int | None:
+    """The first evaluated step whose validation loss is at or below target (None: never)."""
+    return next((step for step, loss in curve if loss <= target), None)
+
+
+def summarise(results: list[dict], target_loss: float) -> tuple[list[dict], float]:
+    scratch = [r["final_val_loss"] for r in results if r["arm"] == "scratch"]
+    target = target_loss or (statistics.mean(scratch) if scratch else 0.0)
+    rows = []
+    order = ("scratch",) + CRITERIA
+    for arm in sorted({r["arm"] for r in results}, key=order.index):
+        rs = [r for r in results if r["arm"] == arm]
+        finals = [r["final_val_loss"] for r in rs]
+        reached = [steps_to(r["curve"], target) for r in rs]
+        hit = [s for s in reached if s is not None]
+        rows.append({"arm": arm, "seeds": len(rs), "final_val_loss": statistics.mean(finals),
+                     "final_std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
+                     "steps_to_target": statistics.mean(hit) if hit else None,
+                     "reached": f"{len(hit)}/{len(rs)}"})
+    return rows, target
+
+
+def table(rows: list[dict], target: float) -> str:
+    lines = [f"target validation loss {target:.4f}", "",
+             "| start | seeds | final val loss | steps to target (mean over runs reaching it) | reached |",
+             "|---|---:|---:|---:|---:|"]
+    for r in rows:
+        steps = f"{r['steps_to_target']:.0f}" if r["steps_to_target"] is not None else "-"
+        lines.append(f"| {r['arm']} | {r['seeds']} | {r['final_val_loss']:.4f} ± {r['final_std']:.4f} | "
+                     f"{steps} | {r['reached']} |")
+    return "\n".join(lines)
+
+
+def plot(results: list[dict], target: float, path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    colours = {}
+    for r in results:  # one colour per arm, one line per seed, the arm named once in the legend
+        steps, losses = zip(*r["curve"])
+        label = None if r["arm"] in colours else r["arm"]
+        colour = colours.setdefault(r["arm"], f"C{len(colours)}")
+        ax.plot(steps, losses, color=colour, alpha=0.8, label=label)
+    ax.axhline(target, color="grey", linestyle="--", linewidth=1)
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation loss")
+    ax.legend()
+    fig.tight_layout()
+    with atomic_file(path) as f:
+        fig.savefig(f, format="png", dpi=100)
+    plt.close(fig)
+
+
+def study(cfg: StudyConfig) -> list[dict]:
+    import inherit
+    import trainer
+    out_dir = Path(cfg.out_dir)
+    if not cfg.report_only:
+        if not cfg.source:
+            raise config_lib.ConfigError("give --from=RUN, the trained larger run to inherit from")
+        if not Path(cfg.base).is_file():
+            raise config_lib.ConfigError(f"--base={cfg.base}: no such training config file")
+        source = load_checkpoint(cfg.source)
+        src_model = model_config_from_dict(source["config"]["model"])
+        target = inherit.check_target(src_model, inherit.read_target(cfg.to), src_model.vocab_size)
+        train_cfg = config_lib.parse_args(trainer.TrainConfig(), [cfg.base, *shlex.split(cfg.train_args)])
+        train_cfg = dataclasses.replace(train_cfg, model=target)
+        for seed in (int(s) for s in cfg.seeds.split(",")):
+            for arm in arms(cfg):
+                run_one(cfg, train_cfg, arm, seed)
+    results = [json.loads(p.read_text()) for p in sorted(out_dir.glob("*/result.json"))]
+    if not results:
+        raise config_lib.ConfigError(f"no finished runs in {out_dir} to report")
+    rows, target = summarise(results, cfg.target_loss)
+    text = table(rows, target)
+    atomic_write_text(out_dir / "summary.md", text + "\n")
+    atomic_write_json(out_dir / "summary.json", {"target_loss": target, "rows": rows})
+    plot(results, target, out_dir / "curves.png")
+    print(text)
+    return rows
+
+
+def main(cfg: StudyConfig) -> None:
+    import inherit
+    try:
+        study(cfg)
+    except (inherit.InheritError, config_lib.ConfigError, CheckpointError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    argv = [("--source=" + a[len("--from="):]) if a.startswith("--from=") else a for a in sys.argv[1:]]
+    config_lib.run_cli(main, StudyConfig(), argv)
