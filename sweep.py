@@ -134,8 +134,11 @@ def generation_speed(model, eot_id: int, n: int, device) -> float:
     model.eval()
     idx = torch.tensor([[eot_id]], device=device)
     model.generate(idx, 4, temperature=0)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else (lambda: None)
+    sync()
     start = time.perf_counter()
     model.generate(idx, n, temperature=0)
+    sync()
     return n / (time.perf_counter() - start)
 
 

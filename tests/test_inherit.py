@@ -83,6 +83,16 @@ def test_weights_are_the_selected_slices(source, criterion):
             same(b[q + f"{name}.weight"], a[p + f"{name}.weight"][ch])
 
 
+def test_tied_embeddings_stay_tied(source):
+    tied = LlamaConfig(**{**SRC.__dict__, "tie_embeddings": True})
+    torch.manual_seed(3)
+    big = Llama(tied)
+    small, sel = inherit.inherit_model(big, LlamaConfig(**{**tied.__dict__, "n_embd": 32, "n_head": 4,
+                                                          "n_kv_head": 2}), "taylor", "ends", batches())
+    assert small.lm_head.weight is small.tok_emb.weight
+    same(small.tok_emb.weight.detach(), big.tok_emb.weight.detach()[:, sel.channels])
+
+
 def masked(source, sel):
     """The source with every unit the selection drops switched off: a skipped layer's output
     projections zeroed (the block adds nothing), a dropped query head's rows of the output projection
