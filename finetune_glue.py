@@ -36,6 +36,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import os
 import shutil
 import sys
 import time
@@ -510,6 +511,9 @@ def finetune(cfg: GlueConfig, start: Start, data: TaskData, lr: float, seed: int
 def plan(cfg: GlueConfig) -> tuple[Start, dict[str, TaskData], list[tuple[str, float, int, dict | None]]]:
     """Everything read and checked before any compute: the start, every task's data, and each run of
     the sweep with its earlier result (None when it still has to run)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise config_lib.ConfigError("finetune_glue.py runs in one process (each run is small): start it "
+                                     "with python, not torchrun")
     start = resolve_start(cfg)
     tasks = cfg.tasks
     if cfg.test_file and (len(tasks) > 1):
