@@ -48,7 +48,8 @@ def test_study_runs_every_arm_and_resumes(setup, monkeypatch):
             assert [s for s, _ in result["curve"]] == [2, 4]
             assert (arm == "scratch") != (out / f"{arm}_seed{seed}" / "init" / "ckpt.pt").is_file()
     summary = json.loads((out / "summary.json").read_text())
-    scratch = [json.loads((out / f"scratch_seed{s}" / "result.json").read_text())["final_val_loss"] for s in (1, 2)]
+    scratch = [json.loads((out / f"scratch_seed{s}" / "result.json").read_text())["final_val_loss"]
+               for s in (1, 2)]
     assert summary["target_loss"] == pytest.approx(sum(scratch) / 2)
     assert (out / "curves.png").stat().st_size > 1000 and "| l2 |" in (out / "summary.md").read_text()
     # random selection depends on the seed, l2 does not

@@ -1,0 +1,177 @@
+"""Equal-budget models with different tokenizers, compared in validation bits per byte.
+
+    python tokenizer_study.py --base=configs/demo_llama.py \
+        --tokenizers=train,compact:2000,compact:4000,compact:8000,compact:16000 --seeds=1,2 \
+        --out_dir=out/tokenizer_study [--equal=tokens|bytes]
+
+For each tokenizer (any value of data/prepare.py's --tokenizer: train for gpt-2K, compact:N,
+cl100k_base, or a file) it prepares the corpus into OUT_DIR/data/NAME (once), trains the --base
+config's model with the vocabulary set to that tokenizer's (every other size unchanged, so the
+non-embedding parameters are equal and the embedding and head grow with the vocabulary) through
+train.py's pre-training stage, and scores the validation split with evaluate.py: bits per byte,
+which does not depend on the tokenizer. --equal=tokens gives every run the base config's max_steps
+(the same number of training tokens); --equal=bytes scales each run's steps so that every run reads
+the same number of bytes of text as the first tokenizer's run (a shorter tokenizer then gets fewer
+steps).
+
+Resumable: a prepared data folder is reused, a finished run (result.json) is skipped, a stopped one
+continues from its checkpoint; summary.md and summary.json are rebuilt from every result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import shlex
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import config as config_lib
+from atomic import atomic_write_json, atomic_write_text
+from checkpoint import CheckpointError
+from config import setting
+from data.corpus import CORPORA, DataError
+
+
+@dataclass
+class TokenizerStudyConfig:
+    base: str = "configs/demo_llama.py"  # the training config of every run
+    train_args: str = ""                 # extra train.py flags for every run
+    out_dir: str = "out/tokenizer_study"
+    tokenizers: str = "train,compact:2000,compact:4000,compact:8000,compact:16000"
+    seeds: str = "1"
+    equal: str = setting("tokens", choices=("tokens", "bytes"))
+    data_root: str = ""                  # "": ../shared/data/tinyhelen
+    corpus: str = setting("leaner", choices=CORPORA)
+    genres: str = "all"                  # what is prepared (and so trained on and scored)
+    eval_tokens_per_genre: int = setting(0, min=0)  # 0: the whole validation split
+    report_only: bool = False
+
+    def __post_init__(self):
+        if not [t for t in self.tokenizers.split(",") if t.strip()]:
+            raise ValueError("tokenizers must list at least one tokenizer (train, compact:N, cl100k_base, "
+                             "PATH)")
+        if not all(s.strip().lstrip("-").isdigit() for s in self.seeds.split(",")):
+            raise ValueError(f"seeds must be a comma list of integers, got {self.seeds!r}")
+
+
+def slug(tokenizer: str) -> str:
+    """A folder name: compact:4000 -> compact_4000, a tokenizer file -> its stem."""
+    name = Path(tokenizer).stem if tokenizer.endswith(".json") else tokenizer
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)
+
+
+def prepared(cfg: TokenizerStudyConfig, tokenizer: str) -> Path:
+    from data.prepare import PrepareConfig, prepare
+    folder = Path(cfg.out_dir) / "data" / slug(tokenizer)
+    if not (folder / "meta.json").is_file():  # prepare writes meta.json last
+        prepare(PrepareConfig(data_root=cfg.data_root or None, corpus=cfg.corpus, genres=cfg.genres,
+                              tokenizer=tokenizer, out_dir=str(folder), progress=False))
+    return folder
+
+
+def tokens_per_byte(meta: dict) -> float:
+    train = meta["splits"]["train"]
+    return train["tokens"] / (train["bytes"] + train["documents"])
+
+
+def run_one(cfg: TokenizerStudyConfig, train_cfg, tokenizer: str, seed: int, reference_tpb: float) -> dict:
+    import evaluate
+    import train
+    from data.tokens import read_meta
+    folder = Path(cfg.out_dir) / f"{slug(tokenizer)}_seed{seed}"
+    if (folder / "result.json").is_file():
+        print(f"{folder.name}: done, skipped")
+        return json.loads((folder / "result.json").read_text())
+    data_dir = prepared(cfg, tokenizer)
+    meta = read_meta(data_dir)
+    steps = train_cfg.max_steps
+    if cfg.equal == "bytes":  # the same bytes as the reference run: steps scale with tokens per byte
+        steps = max(1, round(train_cfg.max_steps * tokens_per_byte(meta) / reference_tpb))
+    run_dir = folder / "run"
+    model = dataclasses.replace(train_cfg.model, vocab_size=meta["vocab_size"])
+    run_cfg = dataclasses.replace(train_cfg, model=model, data_dir=str(data_dir), out_dir=str(run_dir),
+                                  seed=seed, max_steps=steps, sample_tokens=0, init_from="",
+                                  resume=(run_dir / "ckpt.pt").is_file())
+    print(f"{folder.name}: {meta['tokenizer_name']} ({meta['vocab_size']:,} ids), {steps} steps", flush=True)
+    trainer = train.pretrain(run_cfg)
+    scores = evaluate.evaluate(evaluate.EvalConfig(
+        out_dir=str(run_dir), data=str(meta["data_root"]), corpus=cfg.corpus, split="validation",
+        genres=cfg.genres, max_tokens_per_genre=cfg.eval_tokens_per_genre, device=train_cfg.device))
+    from metrics import read_metrics
+    speeds = [r["tokens_per_s"] for r in read_metrics(run_dir / "metrics.jsonl") if "tokens_per_s" in r]
+    result = {"tokenizer": tokenizer, "name": meta["tokenizer_name"], "vocab_size": meta["vocab_size"],
+              "seed": seed, "steps": steps, "train_tokens": trainer.tokens_seen,
+              "train_tokens_per_byte": tokens_per_byte(meta),
+              "non_embedding_params": trainer.model.num_params(),
+              "params": trainer.model.num_params(non_embedding=False),
+              "val_bits_per_byte": scores["bits_per_byte"], "val_loss": scores["loss"],
+              "train_tokens_per_s": statistics.mean(speeds[1:] or speeds)}
+    atomic_write_json(folder / "result.json", result)
+    return result
+
+
+def summarise(results: list[dict], order: list[str]) -> list[dict]:
+    rows = []
+    position = {t: i for i, t in enumerate(order)}
+    for tok in sorted({r["tokenizer"] for r in results}, key=lambda t: position.get(t, len(order))):
+        rs = [r for r in results if r["tokenizer"] == tok]
+        bpb = [r["val_bits_per_byte"] for r in rs]
+        keep = ("tokenizer", "name", "vocab_size", "non_embedding_params", "params", "train_tokens_per_byte",
+                "steps")
+        rows.append({**{k: rs[0][k] for k in keep},
+                     "seeds": len(rs), "val_bits_per_byte": statistics.mean(bpb),
+                     "bpb_std": statistics.stdev(bpb) if len(bpb) > 1 else 0.0,
+                     "train_tokens_per_s": statistics.mean(r["train_tokens_per_s"] for r in rs)})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| tokenizer | ids | params (non-emb) | emb+head share | train tokens/byte | steps | seeds | "
+             "val bits/byte | train tok/s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        share = 1 - r["non_embedding_params"] / r["params"]
+        spread = f" ± {r['bpb_std']:.4f}" if r["seeds"] > 1 else ""
+        lines.append(f"| {r['name']} | {r['vocab_size']:,} | {r['params']:,} "
+                     f"({r['non_embedding_params']:,}) | {100 * share:.1f}% | "
+                     f"{r['train_tokens_per_byte']:.4f} | "
+                     f"{r['steps']} | {r['seeds']} | "
+                     f"{r['val_bits_per_byte']:.4f}{spread} | {r['train_tokens_per_s']:,.0f} |")
+    return "\n".join(lines)
+
+
+def study(cfg: TokenizerStudyConfig) -> list[dict]:
+    import trainer
+    from data.tokens import read_meta
+    out_dir = Path(cfg.out_dir)
+    order = [t.strip() for t in cfg.tokenizers.split(",") if t.strip()]
+    if not cfg.report_only:
+        if not Path(cfg.base).is_file():
+            raise config_lib.ConfigError(f"--base={cfg.base}: no such training config file")
+        train_cfg = config_lib.parse_args(trainer.TrainConfig(), [cfg.base, *shlex.split(cfg.train_args)])
+        reference = tokens_per_byte(read_meta(prepared(cfg, order[0])))
+        for seed in (int(s) for s in cfg.seeds.split(",")):
+            for tok in order:
+                run_one(cfg, train_cfg, tok, seed, reference)
+    results = [json.loads(p.read_text()) for p in sorted(out_dir.glob("*/result.json"))]
+    if not results:
+        raise config_lib.ConfigError(f"no finished runs in {out_dir} to report")
+    rows = summarise(results, order)
+    atomic_write_text(out_dir / "summary.md", table(rows) + "\n")
+    atomic_write_json(out_dir / "summary.json", rows)
+    print(table(rows))
+    return rows
+
+
+def main(cfg: TokenizerStudyConfig) -> None:
+    try:
+        study(cfg)
+    except (config_lib.ConfigError, CheckpointError, DataError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    config_lib.run_cli(main, TokenizerStudyConfig())
