@@ -324,8 +324,9 @@ class Trainer:
                 row = {"step": self.step, "loss": loss, "lr": self.learning_rate(self.step - 1),
                        "tokens_per_s": tok_s, "mfu": tok_s * flops_per_token / (peak * self.machine.world),
                        "tokens": self.tokens_seen}
+                mfu = f" | mfu {100 * row['mfu']:.1f}%" if flops_per_token else ""  # stage models may not say
                 self.log(f"step {self.step:5d}/{cfg.max_steps} | loss {loss:.4f} | lr {row['lr']:.2e} | "
-                         f"{tok_s:,.0f} tok/s | mfu {100 * row['mfu']:.1f}%")
+                         f"{tok_s:,.0f} tok/s{mfu}")
             if self.step % cfg.eval_every == 0 or self.step == cfg.max_steps:
                 scores = self.evaluate()
                 if scores:
