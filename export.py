@@ -1,13 +1,21 @@
 """Export a trained model to the Hugging Face `transformers` format.
 
     python export.py --out_dir=out/demo_llama [--hf_dir=out/demo_llama/hf]
+    python export.py --out_dir=out/demo_llama --gguf [--gguf_path=out/demo_llama/model.gguf]
 
-Writes config.json + model.safetensors + generation_config.json (and the run's tokenizer.json for
-reference), so that `transformers.LlamaForCausalLM.from_pretrained(HF_DIR)` (or MambaForCausalLM /
-Mamba2ForCausalLM / BambaForCausalLM) loads the weights and gives the same logits as this engine.
-The run's end-of-text id becomes eos_token_id, so transformers' generate stops at the end of a
-document as sample.py does. Mistakes (no checkpoint, a model transformers cannot hold, an
-unwritable destination) exit with code 2 and say what to do.
+Writes config.json + model.safetensors + generation_config.json and the run's tokenizer as a fast
+tokenizer (tokenizer.json, tokenizer_config.json, special_tokens_map.json), so that
+`AutoModelForCausalLM` and `AutoTokenizer.from_pretrained(HF_DIR)`, and with them
+`pipeline("text-generation", model=HF_DIR)`, take the folder as is and give the same greedy text as
+`sample.py --temperature=0`. The run's end-of-text id is eos (generate stops at the end of a
+document, as sample.py does) and bos (the tokenizer starts each prompt with it, as sample.py does).
+The run's tokenizer.json is kept beside them as tinyhelen_tokenizer.json.
+
+--gguf writes one GGUF file instead (interop_gguf.py), which llama.cpp loads and runs: the Llama,
+and Mamba-1 / Mamba-2 without an MLP after each mixer, with a gpt-2K tokenizer.
+
+Mistakes (no checkpoint, a model the format cannot hold, an unwritable destination) exit with code
+2 and say what to do.
 """
 
 from __future__ import annotations
@@ -19,6 +27,7 @@ from pathlib import Path
 
 import config as config_lib
 import interop
+import interop_gguf
 from checkpoint import CheckpointError, load_model
 
 
@@ -26,6 +35,8 @@ from checkpoint import CheckpointError, load_model
 class ExportConfig:
     out_dir: str = "out/demo_llama"  # run folder holding ckpt.pt (or a ckpt.pt path)
     hf_dir: str = ""                 # destination; empty = the run folder's hf/
+    gguf: bool = False               # write a GGUF file for llama.cpp instead of the transformers folder
+    gguf_path: str = ""              # with --gguf; empty = the run folder's model.gguf
 
 
 def end_of_text_id(run_dir: Path, ckpt: dict, vocab_size: int) -> int | None:
@@ -47,27 +58,60 @@ def end_of_text_id(run_dir: Path, ckpt: dict, vocab_size: int) -> int | None:
     return int(eot_id)
 
 
+def run_tokenizer(run_dir: Path, ckpt: dict):
+    """The run's tokenizer (sample.py's rule), or None with a warning when the run has none."""
+    from sample import load_run_tokenizer
+    try:
+        return load_run_tokenizer(run_dir, ckpt.get("data_meta") or {})
+    except (CheckpointError, OSError, ValueError) as e:
+        print(f"warning: no tokenizer for this run ({e}); the export has no tokenizer files, so "
+              "AutoTokenizer cannot load it", file=sys.stderr)
+        return None
+
+
 def export(cfg: ExportConfig) -> Path:
     out_dir = Path(cfg.out_dir)
     run_dir = out_dir.parent if out_dir.suffix == ".pt" else out_dir
     model, ckpt = load_model(out_dir)
+    if cfg.gguf:
+        return export_gguf(cfg, run_dir, model, ckpt)
     eot_id = end_of_text_id(run_dir, ckpt, model.config.vocab_size)
     hf_dir = Path(cfg.hf_dir) if cfg.hf_dir else run_dir / "hf"
     if hf_dir.exists() and not hf_dir.is_dir():
         raise NotADirectoryError(f"--hf_dir={hf_dir} is a file: give a folder to write the model into")
     interop.save_hf(model, hf_dir, eos_token_id=eot_id)
-    tokenizer = run_dir / "tokenizer.json"
-    if tokenizer.is_file():
-        shutil.copyfile(tokenizer, hf_dir / "tinyhelen_tokenizer.json")
+    tokenizer = run_tokenizer(run_dir, ckpt) if eot_id is not None else None
+    if tokenizer is not None:
+        interop.save_hf_tokenizer(tokenizer, hf_dir, getattr(model.config, "max_seq_len", 1 << 20))
+    if (run_dir / "tokenizer.json").is_file():
+        shutil.copyfile(run_dir / "tokenizer.json", hf_dir / "tinyhelen_tokenizer.json")
     print(f"wrote {hf_dir} ({type(model).__name__}, {model.num_params(non_embedding=False):,} parameters, "
-          f"eos_token_id {eot_id})")
+          f"eos_token_id {eot_id}, {'tokenizer ' + tokenizer.name if tokenizer else 'no tokenizer'})")
     return hf_dir
+
+
+def export_gguf(cfg: ExportConfig, run_dir: Path, model, ckpt: dict) -> Path:
+    path = Path(cfg.gguf_path) if cfg.gguf_path else run_dir / "model.gguf"
+    if path.is_dir():
+        raise IsADirectoryError(f"--gguf_path={path} is a folder: give the .gguf file to write")
+    tokenizer = run_tokenizer(run_dir, ckpt)
+    if tokenizer is None:
+        raise CheckpointError(f"a GGUF file holds its tokenizer, and the run in {run_dir} has none: "
+                              "put the run's tokenizer.json beside ckpt.pt")
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        raise CheckpointError("--gguf needs the gguf package: pip install -r requirements.txt") from None
+    interop_gguf.save_gguf(model, tokenizer, path)
+    print(f"wrote {path} ({type(model).__name__}, {model.num_params(non_embedding=False):,} parameters, "
+          f"tokenizer {tokenizer.name}, eos/bos {tokenizer.eot_id}, {path.stat().st_size:,} bytes)")
+    return path
 
 
 def main(cfg: ExportConfig) -> None:
     try:
         export(cfg)
-    except (CheckpointError, interop.HFFormatError, OSError) as e:
+    except (CheckpointError, interop.HFFormatError, interop_gguf.GGUFFormatError, OSError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 

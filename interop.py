@@ -1,6 +1,9 @@
 """Import from and export to the `transformers` format, for both models.
 
     save_hf(model, folder, eos_token_id=None)     config.json + model.safetensors (+ generation_config.json)
+    save_hf_tokenizer(tokenizer, folder, max_len)  tokenizer.json + tokenizer_config.json +
+                                                   special_tokens_map.json, for AutoTokenizer
+    bpe_merges(tokenizer) -> [(bytes, bytes)]      a tiktoken-style BPE's merges, in rank order
     load_hf(folder, expect=None) -> model         a Llama or a Mamba, by the folder's model_type
     hf_config(model, eos_token_id=None) -> dict   the config.json that save_hf writes
 
@@ -11,8 +14,9 @@
                                            BambaForCausalLM (the same blocks, no attention layers)
 
 eos_token_id (the tokenizer's end-of-text) goes into config.json and generation_config.json, so
-that transformers' generate stops where this engine's does. Files are written atomically (atomic.py):
-a crash never leaves half a file. Unsupported variants raise HFFormatError (a ValueError) naming the
+that transformers' generate stops where this engine's does; it is the bos too, since training joined
+documents with it and sample.py starts every prompt with it (the exported tokenizer prepends it).
+Files are written atomically (atomic.py): a crash never leaves half a file. Unsupported variants raise HFFormatError (a ValueError) naming the
 folder and what is not supported.
 
 Layouts. Our matrices are (in, out) where transformers' are (out, in) (model_common.Linear says why),
@@ -49,7 +53,8 @@ def save_hf(model, folder: str | os.PathLike, eos_token_id: int | None = None) -
     atomic_write_json(folder / "config.json", config)
     if eos_token_id is not None:
         # pad = eos, as for most models without a pad token: batched generate pads finished rows with it
-        atomic_write_json(folder / "generation_config.json", {"eos_token_id": eos_token_id,
+        atomic_write_json(folder / "generation_config.json", {"bos_token_id": eos_token_id,
+                                                              "eos_token_id": eos_token_id,
                                                               "pad_token_id": eos_token_id})
 
 
@@ -78,7 +83,7 @@ def load_hf(folder: str | os.PathLike, expect: type | None = None):
 
 def hf_config(model, eos_token_id: int | None = None) -> dict:
     from model_llama import Llama
-    ids = {"bos_token_id": None, "eos_token_id": eos_token_id, "pad_token_id": None}
+    ids = {"bos_token_id": eos_token_id, "eos_token_id": eos_token_id, "pad_token_id": None}
     if isinstance(model, Llama):
         return {**_llama_config(model.config), **ids}
     # a pad id would also zero that embedding's gradient in Bamba; transformers' Mamba defaults are 0
@@ -99,6 +104,88 @@ def _load_tensors(folder: Path) -> dict[str, torch.Tensor]:
     for name in files:
         tensors.update(load_file(str(folder / name)))
     return tensors
+
+
+# ------------------------------------------------------------------------------ tokenizer
+
+def bpe_merges(tokenizer) -> list[tuple[bytes, bytes]]:
+    """The merges of a tiktoken-style byte-level BPE (a token's id is its merge priority), in rank
+    order. gpt-2K keeps the merges it learned; for cl100k_base and compact tokenizers, which keep
+    only ranks, each token's last merge is found by running BPE on its own bytes with the tokens
+    ranked below it. A token BPE cannot build from its bytes has no merge: tiktoken (and a
+    tokenizers BPE with ignore_merges) produce it only when a whole piece equals it."""
+    if tokenizer.compact is None and tokenizer.name != "cl100k_base":
+        return [(tokenizer.token_bytes(a), tokenizer.token_bytes(b)) for a, b in tokenizer.merges]
+    ranks = _regular_tokens(tokenizer)
+    merges = []
+    for token, rank in ranks.items():
+        parts = [bytes([b]) for b in token]
+        while len(parts) > 2:  # tiktoken's merge loop, restricted to tokens ranked below this one
+            found = [(ranks.get(a + b, rank), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
+            best, i = min(found)
+            if best >= rank:
+                break
+            parts[i:i + 2] = [parts[i] + parts[i + 1]]
+        if len(parts) == 2 and parts[0] in ranks and parts[1] in ranks:
+            merges.append((parts[0], parts[1]))
+    return merges
+
+
+def hf_fast_tokenizer(tokenizer):
+    """A `tokenizers.Tokenizer` that encodes exactly as ours: the same ids, the same pre-tokenizer
+    pattern, tiktoken's whole-piece lookup (ignore_merges), and the end-of-text as a special token
+    that the post-processor puts first (as sample.py does) when special tokens are asked for."""
+    from tokenizers import Regex, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, processors
+    from data.tokenizer import gpt2_byte_to_unicode
+    to_char = gpt2_byte_to_unicode()
+    printable = lambda b: "".join(to_char[x] for x in b)  # noqa: E731
+    specials = dict(tokenizer._enc._special_tokens)
+    vocab = {printable(token): i for token, i in _regular_tokens(tokenizer).items()}
+    vocab.update(specials)  # so that add_special_tokens keeps their ids (cl100k_base's have gaps)
+    merges = [(printable(a), printable(b)) for a, b in bpe_merges(tokenizer)]
+    hf = HFTokenizer(models.BPE(vocab=vocab, merges=merges, ignore_merges=True))
+    hf.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(_pattern_for_onig(tokenizer._enc._pat_str)), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    hf.decoder = decoders.ByteLevel()
+    hf.add_special_tokens(sorted(specials, key=specials.get))
+    hf.encode_special_tokens = True  # "<|endoftext|>" inside a text is ordinary bytes, as in encode()
+    eot = _eot_text(tokenizer)
+    hf.post_processor = processors.TemplateProcessing(
+        single=f"{eot} $A", pair=f"{eot} $A {eot} $B:1", special_tokens=[(eot, tokenizer.eot_id)])
+    got = {hf.token_to_id(t): t for t in specials}
+    if got != {i: t for t, i in specials.items()}:
+        raise HFFormatError(f"{tokenizer.name}: special tokens {specials} did not keep their ids ({got})")
+    return hf
+
+
+def save_hf_tokenizer(tokenizer, folder: str | os.PathLike, model_max_length: int) -> None:
+    """The files AutoTokenizer.from_pretrained reads: a fast tokenizer with end-of-text as bos, eos
+    and pad (pad as in generation_config.json: batched generation pads finished rows with it)."""
+    folder = Path(folder)
+    eot = _eot_text(tokenizer)
+    atomic_write_bytes(folder / "tokenizer.json", hf_fast_tokenizer(tokenizer).to_str().encode("utf-8"))
+    names = {"bos_token": eot, "eos_token": eot, "pad_token": eot}
+    atomic_write_json(folder / "special_tokens_map.json", names)
+    atomic_write_json(folder / "tokenizer_config.json", {
+        "tokenizer_class": "PreTrainedTokenizerFast", **names, "model_max_length": model_max_length,
+        "clean_up_tokenization_spaces": False, "add_prefix_space": False, "split_special_tokens": True})
+
+
+def _pattern_for_onig(pattern: str) -> str:
+    """tiktoken's regex (fancy-regex) for tokenizers' Oniguruma (Ruby syntax), where two things
+    differ: `$` matches at the end of every line, not only of the text (cl100k_base's `\\s++$` needs
+    `\\z`), and `{1,3}+` repeats the group, not a possessive `{1,3}` (it would take "2022" whole)."""
+    return re.sub(r"(\{\d+(?:,\d*)?\})\+", r"\1", re.sub(r"(?<!\\)\$", r"\\z", pattern))
+
+
+def _regular_tokens(tokenizer) -> dict[bytes, int]:
+    """Every ordinary token's bytes -> its id (cl100k_base has a hole at 100256, before its specials)."""
+    return dict(tokenizer._enc._mergeable_ranks)
+
+
+def _eot_text(tokenizer) -> str:
+    return next(t for t, i in tokenizer._enc._special_tokens.items() if i == tokenizer.eot_id)
 
 
 # ---------------------------------------------------------------------------------- Llama

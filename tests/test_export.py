@@ -1,14 +1,20 @@
 """export.py as a user runs it: the end-of-text id reaches transformers, whose generate then stops
-where ours does; and every mistake exits with code 2 and a message, not a traceback."""
+where ours does; the exported tokenizer encodes real text exactly as ours (AutoTokenizer against
+tiktoken); pipeline("text-generation") on the folder gives sample.py's greedy text; and every mistake
+exits with code 2 and a message, not a traceback."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
+
+import numpy as np
 
 import pytest
 import torch
 
+import interop
 from checkpoint import atomic_torch_save
 from conftest import run_script
 from model_llama import Llama, LlamaConfig
@@ -89,3 +95,97 @@ def test_user_errors_exit_2_with_a_message(tmp_path):
     refused(f"--out_dir={run}", f"--hf_dir={tmp_path / 'a_file'}", says="is a file")
     run = write_run(tmp_path / "wrong_data", MODELS["llama"][0](), {"eot_id": V + 5})
     refused(f"--out_dir={run}", says="outside the model's vocabulary")
+
+
+# ------------------------------------------------------------ tokenizer files and the pipeline
+
+def edge_cases() -> list[str]:
+    return ["", " ", "  two  spaces  ", "\n\n\tTab and newlines\n", "trailing   \n", "a\r\nb\r\n",
+            "héllo wörld — “quotes” and ‘apostrophes’", "emoji 😀👍🏽🇫🇷 and 日本語のテキスト",
+            "It's we'll they've I'M",
+            "<|endoftext|> inside a document is plain text", "numbers 2022, 3.14159 and 1234567",
+            "\u200b\ufeffzero width", "x" * 300, "   \n  \n"]
+
+
+def validation_texts(shared_data) -> list[str]:
+    from data.corpus import iter_documents
+    return [d.text for d in iter_documents(shared_data, "leaner", "validation")]  # every genre
+
+
+def assert_tokenizes_as_ours(tok, texts, tmp_path):
+    from transformers import AutoTokenizer
+    interop.save_hf_tokenizer(tok, tmp_path, model_max_length=1 << 20)
+    hf = AutoTokenizer.from_pretrained(tmp_path)
+    assert hf.eos_token_id == hf.bos_token_id == tok.eot_id
+    ours = tok.encode_batch(texts)
+    theirs = hf(texts, add_special_tokens=False)["input_ids"]
+    bad = [t[:80] for t, a, b in zip(texts, ours, theirs) if a != b]
+    assert not bad, f"{len(bad)} of {len(texts)} texts tokenized differently, e.g. {bad[:3]}"
+    assert hf("Once upon a time")["input_ids"] == [tok.eot_id] + tok.encode("Once upon a time")  # as sample.py
+    assert [hf.decode(ids) for ids in ours[:50]] == [tok.decode(ids) for ids in ours[:50]]
+
+
+def test_exported_gpt2k_tokenizer_tokenizes_exactly_as_ours(leaner_small, shared_data, tmp_path):
+    from data.tokenizer import Tokenizer
+    texts = validation_texts(shared_data) + edge_cases()
+    assert_tokenizes_as_ours(Tokenizer.load(leaner_small / "tokenizer.json"), texts, tmp_path)
+
+
+@pytest.mark.slow
+def test_exported_cl100k_and_compact_tokenizers_tokenize_exactly_as_ours(shared_data, tmp_path):
+    """cl100k_base's merges are recovered from its ranks (about 10 s), and its pattern is rewritten
+    for Oniguruma (interop._pattern_for_onig); a compact tokenizer shares both."""
+    from data.compact_tokenizer import build_from_texts
+    from data.tokenizer import Tokenizer
+    texts = validation_texts(shared_data)[::4] + edge_cases()
+    assert_tokenizes_as_ours(Tokenizer.cl100k(), texts, tmp_path / "cl100k")
+    assert_tokenizes_as_ours(build_from_texts(texts, 3000), texts, tmp_path / "compact")
+
+
+TINY = {  # small enough to train in seconds, trained enough that greedy decoding is not a coin toss
+    "llama": lambda V: Llama(LlamaConfig(vocab_size=V, n_layer=2, n_embd=64, n_head=4, n_kv_head=2,
+                                         ffn_hidden=128, max_seq_len=128)),
+    "mamba1": lambda V: Mamba(MambaConfig(mixer="mamba1", vocab_size=V, n_layer=2, n_embd=64, d_state=8,
+                                          mlp_hidden=0)),
+    "mamba2": lambda V: Mamba(MambaConfig(mixer="mamba2", vocab_size=V, n_layer=2, n_embd=64, d_state=16,
+                                          headdim=16, chunk_size=16, mlp_hidden=0)),
+}
+
+
+def trained_run(kind: str, data_dir, folder, steps: int = 60):
+    """A run folder as train.py leaves it (ckpt.pt with the data's meta, the tokenizer beside it),
+    holding a tiny model trained for a few dozen AdamW steps on the real leaner_small data."""
+    meta = json.loads((data_dir / "meta.json").read_text())
+    tokens = np.memmap(data_dir / "train.bin", dtype=np.uint16, mode="r")[:400_000]
+    data = torch.from_numpy(tokens.astype(np.int64))
+    torch.manual_seed(0)
+    model = TINY[kind](meta["vocab_size"])
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    for _ in range(steps):
+        starts = torch.randint(0, len(data) - 65, (16,))
+        window = torch.stack([data[s:s + 65] for s in starts.tolist()])
+        _, loss = model(window[:, :-1], window[:, 1:])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    folder.mkdir(parents=True)
+    shutil.copyfile(data_dir / "tokenizer.json", folder / "tokenizer.json")
+    return write_run(folder, model.eval(), meta), model
+
+
+def sample_py_greedy(run, prompt: str, n: int) -> str:
+    out = run_script("sample.py", f"--out_dir={run}", f"--prompt={prompt}", "--temperature=0",
+                     "--num_samples=1", f"--max_new_tokens={n}", "--device=cpu").stdout
+    return out.split("--- sample 1 ---\n", 1)[1].removesuffix("\n\n")
+
+
+@pytest.mark.slow  # about a minute per model on 2 cores: training, then three fresh processes
+@pytest.mark.parametrize("kind", TINY)
+def test_pipeline_gives_sample_py_greedy_text(kind, leaner_small, tmp_path):
+    run, _ = trained_run(kind, leaner_small, tmp_path / "run")
+    run_script("export.py", f"--out_dir={run}")
+    prompt = "Once upon a time, a little girl"
+    pipe = transformers.pipeline("text-generation", model=str(run / "hf"), device="cpu")
+    theirs = pipe(prompt, max_new_tokens=40, do_sample=False)[0]["generated_text"]
+    assert theirs == sample_py_greedy(run, prompt, 40)
+    assert len(theirs) > len(prompt)
