@@ -62,7 +62,8 @@ def run_convert(cfg: ConvertConfig) -> list[dict]:
     counts = {}
     for r in rows:
         counts[r["source"].split(":")[0]] = counts.get(r["source"].split(":")[0], 0) + 1
-    print(f"wrote {len(rows)} instruction rows to {cfg.out} ({', '.join(f'{k} {v}' for k, v in counts.items())}); "
+    summary = ", ".join(f"{k} {v}" for k, v in counts.items())
+    print(f"wrote {len(rows)} instruction rows to {cfg.out} ({summary}); "
           f"{dropped} dropped for sharing a hash or text with Leaner-Eval or a test split")
     return rows
 
@@ -131,7 +132,8 @@ def instruction_tune(cfg: InstructConfig) -> Trainer:
     trainer = Trainer(cfg, source, evaluate=DevLoss(dev_enc, cfg.batch_size, cfg.loss_on, tokenizer.eot_id),
                       data_meta={**meta, "instruct_data": str(cfg.data), "loss_on": cfg.loss_on})
     trainer.log(f"{len(train_enc.tokens)} training / {len(dev_enc.tokens)} dev examples from {cfg.data} "
-                f"(loss on {cfg.loss_on} tokens){f'; {dropped} dropped: prompt longer than seq_len' if dropped else ''}")
+                f"(loss on {cfg.loss_on} tokens)"
+                + (f"; {dropped} dropped: prompt longer than seq_len" if dropped else ""))
     if trainer.is_main:
         trainer.out_dir.mkdir(parents=True, exist_ok=True)
         tok = Path(source_path if Path(source_path).is_dir() else Path(source_path).parent) / "tokenizer.json"
@@ -171,8 +173,8 @@ def read_questions(path: str | Path) -> list[dict]:
     """[{"question", "hash"}] of a file of {"question": ...} rows; a missing hash is the question's sha256."""
     path = Path(path)
     if not path.is_file():
-        raise DataError(f"question file not found: {path} (expected JSON lines of {{\"question\": ...}}, e.g. "
-                        f"Leaner-Eval's leaner/eval/all.jsonl)")
+        raise DataError(f"question file not found: {path} (expected JSON lines of {{\"question\": ...}}, "
+                        f"e.g. Leaner-Eval's leaner/eval/all.jsonl)")
     out, seen = [], {}
     for line, row in iter_json_lines(path):
         where = f"{path}:{line}"
@@ -232,8 +234,9 @@ def generate_answers(cfg: GenerateConfig) -> list[dict]:
         for i, tokens in zip(rows, out[:, idx.shape[1]:].tolist()):
             finished = eot in tokens
             tokens = tokens[:tokens.index(eot)] if finished else tokens
-            row = {"hash": todo[i]["hash"], "question": todo[i]["question"], "answer": tokenizer.decode(tokens),
-                   "tokens": len(tokens), "finished": finished, "model": name, "settings": settings}
+            row = {"hash": todo[i]["hash"], "question": todo[i]["question"],
+                   "answer": tokenizer.decode(tokens), "tokens": len(tokens), "finished": finished,
+                   "model": name, "settings": settings}
             append_line(cfg.out, json.dumps(row, ensure_ascii=False))
             done[row["hash"]] = row
         print(f"answered {min(start + cfg.batch_size, len(order))}/{len(order)}", flush=True)

@@ -55,7 +55,8 @@ GLUE_QUESTIONS = {
             ("Yes, the second must be true.", "No, the second need not be true.")),
     "wnli": ("If the first sentence is true, must the second be true?\n1: {0}\n2: {1}",
              ("No, the second need not be true.", "Yes, the second must be true.")),
-    "stsb": ("How close in meaning are these two sentences, from 0 (not at all) to 5 (the same)?\n1: {0}\n2: {1}",
+    "stsb": ("How close in meaning are these two sentences, from 0 (not at all) to 5 (the same)?"
+             "\n1: {0}\n2: {1}",
              ()),
 }
 
@@ -89,7 +90,8 @@ def convert_math(root: str | Path, splits=("train", "validation")) -> list[dict]
         for line, row in iter_json_lines(path) if path else ():
             where = f"{path}:{line}"
             hints = get_field(row, "hints", where, "math row", kind=list)
-            rows.append(_row("math", "Work this out step by step.", get_field(row, "problem", where, "math row"),
+            problem = get_field(row, "problem", where, "math row")
+            rows.append(_row("math", "Work this out step by step.", problem,
                              "\n".join(str(h) for h in hints), get_field(row, "hash", where, "math row")))
     return rows
 
@@ -141,7 +143,8 @@ def convert(root: str | Path, sources: list[str]) -> tuple[list[dict], int]:
         elif source in SOURCES:
             rows += {"math": convert_math, "code": convert_code, "glue": convert_glue}[source](root)
         else:
-            raise DataError(f"unknown instruction source {source!r}: use {', '.join(SOURCES)} or simplified:PATH")
+            raise DataError(f"unknown instruction source {source!r}: use {', '.join(SOURCES)} "
+                            f"or simplified:PATH")
     forbidden = forbidden_texts(root)
     rows, dropped = drop_leaks(rows, forbidden)
     check_no_leak(rows, forbidden)
@@ -214,7 +217,8 @@ def check_no_leak(rows: list, forbidden: Forbidden) -> None:
         reason = leak(r, forbidden)
         if reason:
             get = r.get if isinstance(r, dict) else lambda k, r=r: getattr(r, k, None)
-            where = f"{get('path')}:{get('line')}" if get("path") else f"instruction row {i + 1} ({get('source')})"
+            where = (f"{get('path')}:{get('line')}" if get("path")
+                     else f"instruction row {i + 1} ({get('source')})")
             raise DataError(f"{where}: {reason}: evaluation and test rows must not be trained on; remove the "
                             f"row (instruct.py convert drops such rows itself)")
 
@@ -270,7 +274,8 @@ class InstructionBatches:
     def __init__(self, enc: Encoded, batch_size: int, loss_on: str, pad_id: int, seed: int = 0):
         if not enc.tokens:
             raise DataError("no instruction examples to train on")
-        self.enc, self.batch_size, self.loss_on, self.pad_id, self.seed = enc, batch_size, loss_on, pad_id, seed
+        self.enc, self.batch_size, self.loss_on = enc, batch_size, loss_on
+        self.pad_id, self.seed = pad_id, seed
         self.epoch, self.cursor = 0, 0
         self.plan = self._plan(0)
 
@@ -308,5 +313,5 @@ def all_batches(enc: Encoded, batch_size: int, loss_on: str, pad_id: int):
         yield make_batch(enc, list(range(i, min(i + batch_size, len(enc.tokens)))), loss_on, pad_id)
 
 
-__all__ = ["SOURCES", "convert", "forbidden_texts", "check_no_leak", "drop_leaks", "leak", "normalise", "encode", "make_batch",
-           "InstructionBatches", "all_batches", "task_prompt"]
+__all__ = ["SOURCES", "convert", "forbidden_texts", "check_no_leak", "drop_leaks", "leak", "normalise",
+           "encode", "make_batch", "InstructionBatches", "all_batches", "task_prompt"]

@@ -53,7 +53,8 @@ answer's letter, a colon, then its three scores, for example:
 A: grammar=4 coherence=2 specificity=1
 Give each answer its own scores."""
 
-RETRY = "\n\nYour last reply could not be read: {reason}. Reply again with only the {n} lines, in the form above."
+RETRY = ("\n\nYour last reply could not be read: {reason}. "
+         "Reply again with only the {n} lines, in the form above.")
 
 _LINE = re.compile(r"^\s*\**\s*(?:answer\s+)?([A-Za-z])\s*\**\s*[:.)-]\s*grammar\s*=\s*(-?\d+)\s*,?\s*"
                    r"coherence\s*=\s*(-?\d+)\s*,?\s*specificity\s*=\s*(-?\d+)\s*\.?\s*$", re.IGNORECASE)
@@ -84,7 +85,8 @@ def parse_scores(reply: str, n: int) -> tuple[dict | None, str]:
         found[label] = dict(zip(SCORES, values))
     missing = [label for label in labels if label not in found]
     if missing:
-        return None, f"no score line for {', '.join(missing)}" + ("" if found else f" (reply: {reply[:80]!r})")
+        shown = "" if found else f" (reply: {reply[:80]!r})"
+        return None, f"no score line for {', '.join(missing)}{shown}"
     return found, ""
 
 
@@ -117,8 +119,9 @@ def read_answers(paths: list[str]) -> tuple[list[str], dict[str, dict[str, dict]
     first, hashes = paths[0], sets[paths[0]]
     for path, s in sets.items():
         if s != hashes:
-            raise DataError(f"{path} and {first} answer different questions ({len(s - hashes)} only in {path}, "
-                            f"{len(hashes - s)} only in {first}): generate both from the same --questions")
+            raise DataError(f"{path} and {first} answer different questions ({len(s - hashes)} only in "
+                            f"{path}, {len(hashes - s)} only in {first}): generate both from the same "
+                            f"--questions")
     return names, dict(by_hash)
 
 
@@ -185,7 +188,8 @@ def judge_all(client, answer_paths: list[str], cfg: JudgeConfig, judge_name: str
     for line in read_lines(cfg.out):
         row = json.loads(line)
         done[(row["hash"], row["pass"])] = row
-    todo = [(h, p) for h in select_questions(list(by_hash), cfg.limit, cfg.seed) for p in range(1, cfg.passes + 1)]
+    questions = select_questions(list(by_hash), cfg.limit, cfg.seed)
+    todo = [(h, p) for h in questions for p in range(1, cfg.passes + 1)]
     for n, (h, p) in enumerate(todo):
         if (h, p) in done:
             continue
@@ -194,8 +198,8 @@ def judge_all(client, answer_paths: list[str], cfg: JudgeConfig, judge_name: str
         row = judge_one(client, question, h, answers, p, cfg, judge_name)
         append_line(cfg.out, json.dumps(row, ensure_ascii=False))
         done[(h, p)] = row
-        print(f"judged {n + 1}/{len(todo)}: {row['status']}{' (' + row['reason'] + ')' if row['reason'] else ''}",
-              flush=True)
+        why = f" ({row['reason']})" if row["reason"] else ""
+        print(f"judged {n + 1}/{len(todo)}: {row['status']}{why}", flush=True)
     return [done[k] for k in todo]
 
 
@@ -263,7 +267,8 @@ def position_bias(judgements: list[dict]) -> dict:
     p = None
     if len(groups) > 1 and all(len(g) > 1 for g in groups) and len({v for g in groups for v in g}) > 1:
         p = float(kruskal(*groups).pvalue)
-    return {"by_label": {label: {"mean_sum": sum(v) / len(v), "n": len(v)} for label, v in sorted(sums.items())},
+    by_label = {label: {"mean_sum": sum(v) / len(v), "n": len(v)} for label, v in sorted(sums.items())}
+    return {"by_label": by_label,
             "kruskal_p": p}
 
 
@@ -420,8 +425,10 @@ def run_report(cfg: ReportConfig) -> str:
                   "| score | Spearman | Kendall | exact |", "|---|---|---|---|"]
         fmt = lambda v: "n/a" if v is None else f"{v:.2f}"  # noqa: E731
         for k in SCORES + ("sum",):
-            lines.append(f"| {k} | {fmt(agree[k]['spearman'])} | {fmt(agree[k]['kendall'])} | {fmt(agree[k]['exact'])} |")
-        lines += ["", "## Label position (mean score sum by label)\n", "| label | mean sum | n |", "|---|---|---|"]
+            a = agree[k]
+            lines.append(f"| {k} | {fmt(a['spearman'])} | {fmt(a['kendall'])} | {fmt(a['exact'])} |")
+        lines += ["", "## Label position (mean score sum by label)\n", "| label | mean sum | n |",
+                  "|---|---|---|"]
         lines += [f"| {label} | {v['mean_sum']:.2f} | {v['n']} |" for label, v in bias["by_label"].items()]
         lines += ["", f"Kruskal-Wallis p (all positions alike): {fmt(bias['kruskal_p'])}", ""]
         bar_chart(stats, out / "scores.png")

@@ -108,7 +108,8 @@ class LanguageModel(nn.Module):
         if left_pad is not None:
             left_pad = left_pad.to(device=idx.device, dtype=torch.long)
             if left_pad.shape != (B,) or bool((left_pad < 0).any()) or bool((left_pad >= T).any()):
-                raise ValueError(f"left_pad must be (B,) = ({B},) counts in 0..{T - 1}, got {left_pad.tolist()}")
+                raise ValueError(f"left_pad must be (B,) = ({B},) counts in 0..{T - 1}, "
+                                 f"got {left_pad.tolist()}")
             if not bool(left_pad.any()):
                 left_pad = None  # equal lengths: the unpadded (fastest) path
         # inference_mode rather than no_grad: it skips autograd's view and version bookkeeping,

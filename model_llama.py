@@ -168,7 +168,8 @@ class Llama(LanguageModel):
             t = torch.arange(T, device=idx.device)
             rope = self.rope_table[(t - left_pad[:, None]).clamp(min=0)]  # (B, T, 1, Dh/2, 2)
             real_key = t >= left_pad[:, None]                              # (B, T)
-            mask = ((t[:, None] >= t) & real_key[:, None, :] | torch.eye(T, dtype=torch.bool, device=idx.device))[:, None]
+            itself = torch.eye(T, dtype=torch.bool, device=idx.device)
+            mask = ((t[:, None] >= t) & real_key[:, None, :] | itself)[:, None]   # (B, 1, T, T)
         x = self.tok_emb(idx)
         for i, block in enumerate(self.blocks):
             x = block(x, rope, i, kv_cache, start_pos, mask)

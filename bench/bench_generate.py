@@ -54,8 +54,10 @@ def build_model(kind: str, mixer: str):
 
 
 def prompts(batch: int) -> list[list[int]]:
-    questions = [json.loads(line)["question"] for line in EVAL.read_text().splitlines()[:batch]] if EVAL.is_file() \
-        else [f"Question number {i} about something?" * (1 + i % 3) for i in range(batch)]
+    if EVAL.is_file():
+        questions = [json.loads(line)["question"] for line in EVAL.read_text().splitlines()[:batch]]
+    else:
+        questions = [f"Question number {i} about something?" * (1 + i % 3) for i in range(batch)]
     if TOKENIZER.is_file():
         from data.tokenizer import load_tokenizer
         tok = load_tokenizer(str(TOKENIZER))
@@ -111,7 +113,8 @@ def main() -> None:
             times[name] = (time.perf_counter() - w0, time.process_time() - c0)
         tok = args.batch * args.new
         print(f"round {r + 1}: ours {tok / times['ours'][0]:,.0f} tok/s, transformers "
-              f"{tok / times['transformers'][0]:,.0f} tok/s (wall); ratio {times['transformers'][0] / times['ours'][0]:.2f}x "
+              f"{tok / times['transformers'][0]:,.0f} tok/s (wall); ratio "
+              f"{times['transformers'][0] / times['ours'][0]:.2f}x "
               f"wall, {times['transformers'][1] / times['ours'][1]:.2f}x CPU time")
         wall.append(times["transformers"][0] / times["ours"][0])
         cpu.append(times["transformers"][1] / times["ours"][1])
