@@ -157,13 +157,18 @@ class Documents:
 
 # ---- batching ---------------------------------------------------------------------------------------
 
-def packed_stream(docs: Documents, indices: np.ndarray) -> np.ndarray:
-    """The documents' tokens, each followed by its eot, concatenated in the given order (one gather)."""
+def packed_positions(docs: Documents, indices: np.ndarray) -> np.ndarray:
+    """Where each token of the packed stream of these documents sits in the split's token stream."""
     with_eot = docs.lengths[indices] + 1
     ends = np.cumsum(with_eot)
     # Position p of the stream, within document k, reads token starts[k] + (p - stream start of k).
     shift = np.repeat(docs.starts[indices] - (ends - with_eot), with_eot)
-    return np.asarray(docs.tokens[shift + np.arange(len(shift))])
+    return shift + np.arange(len(shift))
+
+
+def packed_stream(docs: Documents, indices: np.ndarray) -> np.ndarray:
+    """The documents' tokens, each followed by its eot, concatenated in the given order (one gather)."""
+    return np.asarray(docs.tokens[packed_positions(docs, indices)])
 
 
 def pad_documents(docs: Documents, indices: np.ndarray, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -260,6 +265,7 @@ class PackedDocuments(_DocumentSource):
     def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
         x, y = self._windows.next_batch()
         self.epoch, self.cursor = self._windows.epoch, self._windows.cursor
+        self.last_windows = self._windows.last_windows  # window w: packed-stream tokens w*seq_len ...
         return x, y
 
 

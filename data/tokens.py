@@ -74,6 +74,7 @@ class TokenBatches:
             self._order = self._order_for(self.epoch)
         start = self.cursor + self.rank * self.batch_size
         windows = self._order[start:start + self.batch_size]
+        self.last_windows = windows  # which windows this rank's batch holds (unique-token counts)
         self.cursor += self.global_batch
         offsets = windows[:, None] * self.seq_len + np.arange(self.seq_len + 1)
         chunk = torch.from_numpy(self.tokens[offsets].astype(np.int64))

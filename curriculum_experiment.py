@@ -1,0 +1,194 @@
+"""The curriculum experiment: every strategy, several seeds, the same step budget, then the table and plot.
+
+    python curriculum_experiment.py                                   # configs/curriculum_proxy.py, seeds 1-3
+    python curriculum_experiment.py --seeds=1,2,3,4,5 --out_dir=out/curriculum
+    python curriculum_experiment.py --report_only                     # the table and plot of what is done
+
+Runs (each a curriculum.py run in OUT_DIR/NAME/seedS): random, sentence_length, self_loss,
+self_loss_reverse, reference_loss, full_repeated, full_random, multi_round (any NAME_reverse of an
+ordered strategy works too). reference_loss scores with the same seed's full_repeated run, which
+therefore runs first. Seeds are the outer loop, so a stopped experiment has whole seeds done.
+
+Resumable: a run with result.json is skipped, a run with a checkpoint but no result.json continues
+from it (--resume), so restarting the same command after a kill loses at most one checkpoint interval.
+Each run's result.json holds its settings, wall time and every evaluation row. At the end (and with
+--report_only) OUT_DIR/summary.md gets the table: for each strategy, the steps and the unique training
+tokens it needed to reach the full_repeated baseline's final validation loss (mean over its seeds),
+mean and standard deviation over the seeds that reached it ("not reached" when none did); OUT_DIR/
+curves.png the validation loss against steps and against unique tokens, the mean over seeds as a line
+and the range over seeds as a band; OUT_DIR/summary.json the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import config as config_lib
+from atomic import atomic_file, atomic_write_json, atomic_write_text
+from checkpoint import CheckpointError
+from config import setting
+from curriculum import ORDERED, CurriculumConfig, run_curriculum
+from metrics import read_metrics
+
+RUNS = ("full_repeated", "full_random", "random", "sentence_length", "self_loss", "self_loss_reverse",
+        "reference_loss", "multi_round")
+BASELINE = "full_repeated"
+
+
+def _check_runs(runs) -> str | None:
+    for name in runs:
+        strategy = name.removesuffix("_reverse")
+        if name not in RUNS and not (name.endswith("_reverse") and strategy in ORDERED):
+            return f"has unknown run {name!r}: use {', '.join(RUNS)} or ORDERED_reverse"
+    return None if BASELINE in runs else f"must include {BASELINE} (the target every run is measured against)"
+
+
+@dataclass
+class ExperimentConfig:
+    run_config: str = "configs/curriculum_proxy.py"  # the settings every run shares
+    out_dir: str = "out/curriculum"
+    seeds: tuple[int, ...] = (1, 2, 3)
+    runs: tuple[str, ...] = setting(RUNS, check=_check_runs)
+    flags: tuple[str, ...] = field(default_factory=tuple)  # extra --key=value for every run, comma separated
+    report_only: bool = False
+
+
+def run_flags(name: str, seed: int, cfg: ExperimentConfig) -> list[str]:
+    strategy = name.removesuffix("_reverse")
+    flags = [cfg.run_config, *cfg.flags, f"--strategy={strategy}", f"--seed={seed}",
+             f"--out_dir={Path(cfg.out_dir) / name / f'seed{seed}'}"]
+    if name.endswith("_reverse"):
+        flags.append("--reverse")
+    if strategy == "reference_loss":
+        flags.append(f"--reference={Path(cfg.out_dir) / BASELINE / f'seed{seed}'}")
+    return flags
+
+
+def run_one(name: str, seed: int, cfg: ExperimentConfig) -> dict:
+    out = Path(cfg.out_dir) / name / f"seed{seed}"
+    done = out / "result.json"
+    if done.is_file():
+        return json.loads(done.read_text())
+    flags = run_flags(name, seed, cfg) + (["--resume"] if (out / "ckpt.pt").is_file() else [])
+    run_cfg = config_lib.parse_args(CurriculumConfig(), flags)
+    print(f"=== {name} seed {seed}: python curriculum.py {' '.join(flags)}", flush=True)
+    start = time.perf_counter()
+    run_curriculum(run_cfg)
+    evals = [r for r in read_metrics(out / "metrics.jsonl") if "val_loss" in r]
+    keys = ("step", "tokens", "val_loss", "fraction", "growths", "grew_to", "round", "unique_documents",
+            "unique_tokens")
+    result = {"run": name, "strategy": run_cfg.strategy, "reverse": run_cfg.reverse, "seed": seed,
+              "wall_s_this_session": time.perf_counter() - start, "resumed": run_cfg.resume,
+              "final_val_loss": evals[-1]["val_loss"], "evals": [{k: r[k] for k in keys if k in r} for r in evals],
+              "config": config_lib.to_dict(run_cfg)}
+    atomic_write_json(done, result)
+    return result
+
+
+def first_reaching(evals: list[dict], target: float) -> dict | None:
+    return next((r for r in evals if r["val_loss"] <= target), None)
+
+
+def _mean_sd(values: list[float]) -> tuple[float, float]:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def summarize(results: dict[str, list[dict]]) -> dict:
+    """The table's numbers: target = the baseline's final validation loss, mean over its seeds."""
+    target = statistics.fmean(r["final_val_loss"] for r in results[BASELINE])
+    rows = {}
+    for name, runs in results.items():
+        hits = [first_reaching(r["evals"], target) for r in runs]
+        reached = [h for h in hits if h is not None]
+        row = {"seeds": len(runs), "reached": len(reached),
+               "final_val_loss": _mean_sd([r["final_val_loss"] for r in runs]),
+               "final_unique_tokens": _mean_sd([r["evals"][-1]["unique_tokens"] for r in runs])}
+        if reached:
+            row["steps"] = _mean_sd([h["step"] for h in reached])
+            row["unique_tokens"] = _mean_sd([h["unique_tokens"] for h in reached])
+        rows[name] = row
+    return {"target_val_loss": target, "baseline": BASELINE, "rows": rows}
+
+
+def table(summary: dict) -> str:
+    lines = [f"Target: the {summary['baseline']} baseline's final validation loss, {summary['target_val_loss']:.4f} "
+             f"(mean over its seeds). Mean ± standard deviation over the seeds that reached it.", "",
+             "| run | seeds reaching target | steps to target | unique tokens to target | final val loss | "
+             "unique tokens at the end |", "|---|---|---|---|---|---|"]
+    for name, row in summary["rows"].items():
+        steps = f"{row['steps'][0]:.0f} ± {row['steps'][1]:.0f}" if "steps" in row else "not reached"
+        tokens = f"{row['unique_tokens'][0]:,.0f} ± {row['unique_tokens'][1]:,.0f}" if "unique_tokens" in row \
+            else "not reached"
+        loss, final_tokens = row["final_val_loss"], row["final_unique_tokens"]
+        lines.append(f"| {name} | {row['reached']}/{row['seeds']} | {steps} | {tokens} | "
+                     f"{loss[0]:.4f} ± {loss[1]:.4f} | {final_tokens[0]:,.0f} ± {final_tokens[1]:,.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict[str, list[dict]], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    for name, runs in results.items():
+        n = min(len(r["evals"]) for r in runs)
+        loss = np.array([[e["val_loss"] for e in r["evals"][:n]] for r in runs])
+        for ax, key in zip(axes, ("step", "unique_tokens")):
+            x = np.array([[e[key] for e in r["evals"][:n]] for r in runs]).mean(0)
+            (line,) = ax.plot(x, loss.mean(0), label=name)
+            ax.fill_between(x, loss.min(0), loss.max(0), color=line.get_color(), alpha=0.2)
+    for ax, xlabel in zip(axes, ("optimizer steps", "unique training tokens seen")):
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel("validation loss")
+        ax.grid(alpha=0.3)
+    axes[0].legend()
+    fig.suptitle("curriculum experiment: mean over seeds, band = range over seeds")
+    fig.tight_layout()
+    with atomic_file(path) as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
+
+
+def report(cfg: ExperimentConfig) -> dict | None:
+    out = Path(cfg.out_dir)
+    results = {}
+    for name in cfg.runs:
+        runs = [json.loads(p.read_text()) for seed in cfg.seeds if (p := out / name / f"seed{seed}" / "result.json").is_file()]
+        if runs:
+            results[name] = runs
+    if BASELINE not in results:
+        print(f"no finished {BASELINE} run in {out} yet: nothing to report", flush=True)
+        return None
+    summary = summarize(results)
+    atomic_write_json(out / "summary.json", summary)
+    atomic_write_text(out / "summary.md", table(summary))
+    plot(results, out / "curves.png")
+    print(table(summary), flush=True)
+    print(f"wrote {out / 'summary.md'}, {out / 'summary.json'}, {out / 'curves.png'}", flush=True)
+    return summary
+
+
+def main(cfg: ExperimentConfig) -> None:
+    try:
+        if not cfg.report_only:
+            runs = sorted(cfg.runs, key=lambda name: name != BASELINE)  # reference_loss needs the baseline
+            # fail on a bad run setting before any run starts
+            for name in runs:
+                config_lib.parse_args(CurriculumConfig(), run_flags(name, cfg.seeds[0], cfg))
+            for seed in cfg.seeds:
+                for name in runs:
+                    run_one(name, seed, cfg)
+        report(cfg)
+    except (config_lib.ConfigError, CheckpointError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    config_lib.run_cli(main, ExperimentConfig())
