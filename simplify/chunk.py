@@ -58,7 +58,10 @@ def _punkt():
         import nupunkt
 
         return nupunkt.load("default")
-    except Exception:  # nupunkt missing: a plain regex on sentence punctuation
+    except Exception as e:  # nupunkt missing: a plain regex on sentence punctuation, said once
+        import warnings
+        warnings.warn(f"nupunkt unavailable ({type(e).__name__}: {e}); sentences are split by a regex, "
+                      f"so sentence statistics differ from a full install (pip install nupunkt)")
         return None
 
 
