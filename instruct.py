@@ -22,6 +22,7 @@ file's, or the sha256 of the question), so an interrupted run continues where it
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -128,6 +129,12 @@ def instruction_tune(cfg: InstructConfig) -> Trainer:
     train_rows, dev_rows = holdout(rows, cfg.dev_fraction, cfg.seed) if len(rows) > 1 else (rows, rows)
     train_enc, dropped = encode(train_rows, tokenizer, cfg.seq_len)
     dev_enc, _ = encode(dev_rows, tokenizer, cfg.seq_len)
+    if cfg.resume:
+        # the Trainer builds cfg.model before reading the checkpoint, and an init_from run's
+        # architecture came with its weights, not with --model: take it from the checkpoint
+        from checkpoint import load_checkpoint, model_config_from_dict
+        saved = load_checkpoint(Path(cfg.out_dir) / "ckpt.pt")["config"]["model"]
+        cfg = dataclasses.replace(cfg, model=model_config_from_dict(saved))
     source = InstructionBatches(train_enc, cfg.batch_size, cfg.loss_on, tokenizer.eot_id, cfg.seed)
     trainer = Trainer(cfg, source, evaluate=DevLoss(dev_enc, cfg.batch_size, cfg.loss_on, tokenizer.eot_id),
                       data_meta={**meta, "instruct_data": str(cfg.data), "loss_on": cfg.loss_on})

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -268,29 +269,58 @@ def test_judging_against_the_real_local_server_parses_and_aggregates(tmp_path):
 
 # ------------------------------------------------------------------------------------------- generate
 
-def test_generate_resumes_and_batches_match_one_at_a_time(tmp_path):
-    """Answers keyed by hash: a run stopped after 2 questions continues with the third only, and the
-    batched answers equal batch-1 answers (greedy)."""
+def _tiny_run(tmp_path):
+    """A run folder (ckpt.pt + tokenizer.json) of a random tiny Llama with the prepared leaner tokenizer."""
     import shutil
 
     import config as config_lib
-    import instruct
     from checkpoint import atomic_torch_save
     from data.tokenizer import load_tokenizer
     from model_llama import Llama, LlamaConfig
     from trainer import TrainConfig
-    tok_file = instruct.Path(__file__).resolve().parents[1] / "out" / "data" / "leaner" / "tokenizer.json"
+    tok_file = Path(__file__).resolve().parents[1] / "out" / "data" / "leaner" / "tokenizer.json"
     if not tok_file.is_file():
         pytest.skip("needs out/data/leaner/tokenizer.json (python data/prepare.py)")
     tok = load_tokenizer(str(tok_file))
     torch.manual_seed(0)
-    cfg = LlamaConfig(vocab_size=tok.vocab_size, n_layer=2, n_embd=64, n_head=4, n_kv_head=2, ffn_hidden=128,
-                      max_seq_len=256, init_std=0.1)
+    cfg = LlamaConfig(vocab_size=tok.vocab_size, n_layer=2, n_embd=64, n_head=4, n_kv_head=2,
+                      ffn_hidden=128, max_seq_len=256, init_std=0.1)
     run = tmp_path / "run"
     run.mkdir()
-    atomic_torch_save({"model": Llama(cfg).state_dict(), "config": config_lib.to_dict(TrainConfig(model=cfg))},
-                      run / "ckpt.pt")
+    atomic_torch_save({"model": Llama(cfg).state_dict(),
+                       "config": config_lib.to_dict(TrainConfig(model=cfg))}, run / "ckpt.pt")
     shutil.copyfile(tok_file, run / "tokenizer.json")
+    return run
+
+
+def test_train_then_resume_gives_the_uninterrupted_losses(tmp_path):
+    import config as config_lib
+    import instruct
+    run = _tiny_run(tmp_path)
+    data = _write(tmp_path / "d.jsonl", [{"instruction": f"Say the number {i}.", "output": f"It is {i}." * (i % 3 + 1)}
+                                          for i in range(40)])
+
+    def train(out, steps, *flags):
+        cfg = config_lib.parse_args(instruct.InstructConfig(), [
+            f"--init_from={run}", f"--data={data}", f"--out_dir={out}", f"--max_steps={steps}", "--batch_size=4",
+            "--seq_len=64", "--eval_every=2", "--ckpt_every=2", "--log_every=1", "--data_root=", "--device=cpu",
+            "--dtype=fp32", "--warmup_steps=1", *flags])
+        instruct.instruction_tune(cfg)
+        return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()
+                if "loss" in json.loads(line)]
+    straight = train(tmp_path / "a", 4)
+    train(tmp_path / "b", 2)
+    resumed = train(tmp_path / "b", 4, "--resume")
+    assert len(straight) == 4 and resumed == pytest.approx(straight, abs=1e-6)
+    assert (tmp_path / "a" / "tokenizer.json").is_file()
+
+
+def test_generate_resumes_and_batches_match_one_at_a_time(tmp_path):
+    """Answers keyed by hash: a run stopped after 2 questions continues with the third only, and the
+    batched answers equal batch-1 answers (greedy)."""
+    import config as config_lib
+    import instruct
+    run = _tiny_run(tmp_path)
     questions = _write(tmp_path / "q.jsonl", [{"question": "Why is the sky blue?"}, {"question": "Hi?"},
                                               {"question": "What do cows eat when it is very cold outside?"}])
 
