@@ -45,7 +45,7 @@ import torch
 import config as config_lib
 import machine as machine_lib
 from checkpoint import atomic_torch_save, build_model, load_checkpoint, load_matching_weights, load_source, \
-    rng_state, set_rng_state
+    model_config_from_dict, rng_state, set_rng_state
 from config import setting
 from metrics import MetricsLog, measure_peak_flops, plot_losses
 from model_llama import LlamaConfig
@@ -159,9 +159,12 @@ class Trainer:
         self.init_report: dict[str, list[str]] | None = None
         self.step, self.tokens_seen = 0, 0
 
-        resuming = cfg.resume
-        source = None
-        if cfg.init_from and not resuming:
+        resuming, source, ckpt = cfg.resume, None, None
+        if resuming:
+            ckpt = load_checkpoint(self.out_dir / "ckpt.pt", map_location=self.device)
+            if cfg.init_from and model is None:  # the architecture came with the init_from weights
+                cfg = dataclasses.replace(cfg, model=model_config_from_dict(ckpt["config"]["model"]))
+        elif cfg.init_from:
             source = load_source(cfg.init_from)
             if model is None:  # the architecture comes with the weights
                 cfg = dataclasses.replace(cfg, model=source.model_config)
@@ -178,7 +181,7 @@ class Trainer:
                     self.log(f"  {kind}: {', '.join(self.init_report[kind][:8])}"
                              f"{' ...' if len(self.init_report[kind]) > 8 else ''}")
         if resuming:
-            self._resume()
+            self._resume(ckpt)
         self.runner = self._wrap(self.model)
 
     # ---------------------------------------------------------------- setup
@@ -193,11 +196,8 @@ class Trainer:
     def _stateful_listeners(self) -> list:
         return [x for x in self.listeners if x is not self.train_source and hasattr(x, "state_dict")]
 
-    def _resume(self) -> None:
-        ckpt = load_checkpoint(self.out_dir / "ckpt.pt", map_location=self.device)
+    def _resume(self, ckpt: dict) -> None:
         saved, now = ckpt["config"], config_lib.to_dict(self.cfg)
-        if self.cfg.init_from and saved.get("init_from") == self.cfg.init_from:
-            now["model"] = saved["model"]  # the architecture came with the init_from weights
         for key in ("model", "batch_size", "seq_len", "grad_accum", "data_dir", "seed", "init_from"):
             if saved.get(key) != now.get(key):
                 raise config_lib.ConfigError(

@@ -62,6 +62,11 @@ def test_init_from_a_run_starts_fresh_from_its_weights(source_run, leaner_small,
     assert init[0]["loss"] < scratch[0]["loss"] - 0.5
     # fresh optimizer: its step count is that of this run only
     assert all(s["step"].item() == 5 for s in ckpt["optimizer"]["state"].values())
+    # --resume of an init_from run continues it (the architecture again from its own checkpoint)
+    more = [f for f in flags if not f.startswith("--max_steps")] + ["--max_steps=7"]
+    run_script("train.py", *TINY, *more, f"--out_dir={tmp_path / 'init'}", f"--init_from={source_run}", "--resume")
+    assert torch.load(tmp_path / "init" / "ckpt.pt", weights_only=True)["step"] == 7
+    assert [r["step"] for r in rows(tmp_path / "init") if "loss" in r] == [1, 2, 3, 4, 5, 6, 7]
 
 
 class Classifier(nn.Module):
