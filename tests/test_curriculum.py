@@ -270,7 +270,7 @@ def test_multi_round_trains_the_next_round_on_the_sampled_windows(docs, leaner_s
     pool = {tuple(window_batch(small.tokens, np.array([w]), 64)[0][0].tolist()) for w in kept}
     batches = [x] + [src.next_batch()[0] for _ in range(4)]
     assert all(tuple(row.tolist()) in pool for b in batches for row in b)
-    assert sum(len(b) for b in first) == 20
+    assert sum(len(b[0]) for b in first) == 20  # round 0 gave 5 batches of 4 windows
 
 
 # ------------------------------------------------------------------ the entry point and resume

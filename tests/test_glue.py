@@ -174,14 +174,11 @@ def test_classifier_matches_transformers_sequence_classification(n_out, tmp_path
     torch.testing.assert_close(loss, out.loss, atol=2e-5, rtol=1e-4)
 
 
-def test_pair_tasks_are_joined_by_a_newline(shared_data):
+def test_pair_tasks_are_joined_by_a_newline(shared_data, leaner_small):
     from data.tokenizer import load_tokenizer
     from data.tasks import read_glue
     from finetune_glue import encode
-    path = REPO / "out" / "data" / "leaner" / "tokenizer.json"
-    if not path.is_file():
-        pytest.skip("no prepared tokenizer in out/data/leaner (data/prepare.py writes it)")
-    tok = load_tokenizer(str(path))
+    tok = load_tokenizer(str(leaner_small / "tokenizer.json"))
     examples = read_glue(shared_data, "rte", "validation")[:5]
     data = encode(examples, tok, 256, "rte")
     for i, e in enumerate(examples):

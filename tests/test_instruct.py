@@ -269,7 +269,7 @@ def test_judging_against_the_real_local_server_parses_and_aggregates(tmp_path):
 
 # ------------------------------------------------------------------------------------------- generate
 
-def _tiny_run(tmp_path):
+def _tiny_run(tmp_path, leaner_small):
     """A run folder (ckpt.pt + tokenizer.json) of a random tiny Llama with the prepared leaner tokenizer."""
     import shutil
 
@@ -278,9 +278,7 @@ def _tiny_run(tmp_path):
     from data.tokenizer import load_tokenizer
     from model_llama import Llama, LlamaConfig
     from trainer import TrainConfig
-    tok_file = Path(__file__).resolve().parents[1] / "out" / "data" / "leaner" / "tokenizer.json"
-    if not tok_file.is_file():
-        pytest.skip("needs out/data/leaner/tokenizer.json (python data/prepare.py)")
+    tok_file = leaner_small / "tokenizer.json"  # the real gpt-2K tokenizer of the shared data
     tok = load_tokenizer(str(tok_file))
     torch.manual_seed(0)
     cfg = LlamaConfig(vocab_size=tok.vocab_size, n_layer=2, n_embd=64, n_head=4, n_kv_head=2,
@@ -293,10 +291,10 @@ def _tiny_run(tmp_path):
     return run
 
 
-def test_train_then_resume_gives_the_uninterrupted_losses(tmp_path):
+def test_train_then_resume_gives_the_uninterrupted_losses(tmp_path, leaner_small):
     import config as config_lib
     import instruct
-    run = _tiny_run(tmp_path)
+    run = _tiny_run(tmp_path, leaner_small)
     data = _write(tmp_path / "d.jsonl", [{"instruction": f"Say the number {i}.", "output": f"It is {i}." * (i % 3 + 1)}
                                           for i in range(40)])
 
@@ -315,12 +313,12 @@ def test_train_then_resume_gives_the_uninterrupted_losses(tmp_path):
     assert (tmp_path / "a" / "tokenizer.json").is_file()
 
 
-def test_generate_resumes_and_batches_match_one_at_a_time(tmp_path):
+def test_generate_resumes_and_batches_match_one_at_a_time(tmp_path, leaner_small):
     """Answers keyed by hash: a run stopped after 2 questions continues with the third only, and the
     batched answers equal batch-1 answers (greedy)."""
     import config as config_lib
     import instruct
-    run = _tiny_run(tmp_path)
+    run = _tiny_run(tmp_path, leaner_small)
     questions = _write(tmp_path / "q.jsonl", [{"question": "Why is the sky blue?"}, {"question": "Hi?"},
                                               {"question": "What do cows eat when it is very cold outside?"}])
 
