@@ -29,11 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import config as config_lib
-from atomic import atomic_file, atomic_write_json, atomic_write_text
+from atomic import atomic_write_json, atomic_write_text
 from checkpoint import CheckpointError
 from config import setting
 from curriculum import ORDERED, CurriculumConfig, run_curriculum
-from metrics import read_metrics
+from metrics import read_metrics, save_figure
 
 RUNS = ("full_repeated", "full_random", "random", "sentence_length", "self_loss", "self_loss_reverse",
         "reference_loss", "multi_round")
@@ -150,9 +150,7 @@ def plot(results: dict[str, list[dict]], path: Path) -> None:
     axes[0].legend()
     fig.suptitle("curriculum experiment: mean over seeds, band = range over seeds")
     fig.tight_layout()
-    with atomic_file(path) as f:
-        fig.savefig(f, format="png", dpi=110)
-    plt.close(fig)
+    save_figure(fig, path, dpi=110)
 
 
 def report(cfg: ExperimentConfig) -> dict | None:

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import config as config_lib
-from atomic import atomic_file, atomic_write_text
+from atomic import atomic_write_text
+from metrics import save_figure
 from data.corpus import GLUE_TASKS
 
 LABELS = {"cola": "cola (MCC)", "mrpc": "mrpc (F1/acc)", "qqp": "qqp (F1/acc)", "stsb": "stsb (P/S corr)",
@@ -136,11 +137,7 @@ def bar_chart(summary: dict, png_path: str | Path) -> None:
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    try:
-        with atomic_file(png_path) as f:
-            fig.savefig(f, format="png")
-    finally:
-        plt.close(fig)
+    save_figure(fig, png_path)
 
 
 def write_summary(results: list[dict], prefix: str | Path) -> str:

@@ -27,10 +27,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import config as config_lib
-from atomic import atomic_file, atomic_write_json, atomic_write_text
+from atomic import atomic_write_json, atomic_write_text
 from checkpoint import CheckpointError, load_checkpoint, model_config_from_dict
 from config import setting
-from metrics import read_metrics
+from metrics import read_metrics, save_figure
 
 CRITERIA = ("random", "l2", "taylor")
 
@@ -142,9 +142,7 @@ def plot(results: list[dict], target: float, path: Path) -> None:
     ax.set_ylabel("validation loss")
     ax.legend()
     fig.tight_layout()
-    with atomic_file(path) as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 def study(cfg: StudyConfig) -> list[dict]:

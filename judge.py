@@ -21,7 +21,6 @@ from the environment only, chat/client.py).
 
 from __future__ import annotations
 
-import io
 import json
 import random
 import re
@@ -29,7 +28,7 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from atomic import append_line, atomic_write_bytes, atomic_write_text, read_lines
+from atomic import append_line, atomic_write_text, read_lines
 from config import ConfigError, setting
 from data.corpus import DataError, iter_json_lines
 
@@ -385,6 +384,8 @@ def bar_chart(stats: dict, path: Path) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from metrics import save_figure
     models = list(stats)
     fig, ax = plt.subplots(figsize=(7, 3.5))
     width = 0.8 / max(len(models), 1)
@@ -399,10 +400,7 @@ def bar_chart(stats: dict, path: Path) -> None:
     ax.set_ylabel("judge score (95% CI)")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120)
-    plt.close(fig)
-    atomic_write_bytes(path, buf.getvalue())
+    save_figure(fig, path, dpi=120)
 
 
 def run_report(cfg: ReportConfig) -> str:

@@ -121,8 +121,15 @@ def plot_losses(metrics_path: str | Path, png_path: str | Path, title: str = "")
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
+    save_figure(fig, png_path)
+
+
+def save_figure(fig, png_path: str | Path, dpi: float | None = None) -> None:
+    """Write a matplotlib figure as a PNG through atomic_file (a crash leaves the old picture or the
+    new one, never half), then close it; the one way every plot in the project is saved."""
+    import matplotlib.pyplot as plt
     try:
         with atomic_file(png_path) as f:
-            fig.savefig(f, format="png")
+            fig.savefig(f, format="png", **({"dpi": dpi} if dpi else {}))
     finally:
         plt.close(fig)

@@ -35,10 +35,10 @@ from pathlib import Path
 import torch
 
 import config as config_lib
-from atomic import atomic_file, atomic_write_json, atomic_write_text
+from atomic import atomic_write_json, atomic_write_text
 from checkpoint import CheckpointError
 from config import setting
-from metrics import read_metrics
+from metrics import read_metrics, save_figure
 from model_llama import Llama, LlamaConfig
 
 
@@ -233,9 +233,7 @@ def plot(rows: list[dict], path: Path) -> None:
         ax.set_xscale("log", base=2)
     axes[0].legend()
     fig.tight_layout()
-    with atomic_file(path) as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
+    save_figure(fig, path, dpi=100)
 
 
 # ----------------------------------------------------------------------------- the command

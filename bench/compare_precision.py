@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import config as config_lib  # noqa: E402
 import train  # noqa: E402
-from metrics import read_metrics  # noqa: E402
+from metrics import read_metrics, save_figure  # noqa: E402
 
 SHORT = ["--max_steps=120", "--eval_every=20", "--eval_steps=4", "--log_every=10", "--ckpt_every=100000",
          "--sample_tokens=0", "--compile=false"]
@@ -62,8 +62,7 @@ def plot(curves: dict, path: Path) -> None:
     ax.grid(alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 if __name__ == "__main__":
