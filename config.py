@@ -26,6 +26,7 @@ from __future__ import annotations
 import ast
 import copy
 import dataclasses
+import functools
 import sys
 import types
 import typing
@@ -311,6 +312,24 @@ def to_dict(cfg) -> dict:
             value = list(value)
         out[f.name] = value
     return out
+
+
+def exits_2_on(*errors: type[BaseException]):
+    """Decorator for an entry point's main(cfg): a ConfigError or one of `errors` raised inside it is
+    the user's mistake (a missing file, a bad checkpoint...): print "error: ..." and exit 2, with no
+    traceback. Anything else is a bug and keeps its traceback."""
+    caught = (ConfigError, *errors)
+
+    def wrap(main):
+        @functools.wraps(main)
+        def guarded(cfg):
+            try:
+                return main(cfg)
+            except caught as e:
+                print(f"error: {e}", file=sys.stderr)
+                raise SystemExit(2) from None
+        return guarded
+    return wrap
 
 
 def run_cli(main, defaults, argv=None):

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -391,12 +390,9 @@ def run_curriculum(cfg: CurriculumConfig) -> Trainer:
     return trainer
 
 
+@config_lib.exits_2_on(CheckpointError, FileNotFoundError)
 def main(cfg: CurriculumConfig) -> None:
-    try:
-        run_curriculum(cfg)
-    except (config_lib.ConfigError, CheckpointError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    run_curriculum(cfg)
 
 
 if __name__ == "__main__":

@@ -108,12 +108,9 @@ def export_gguf(cfg: ExportConfig, run_dir: Path, model, ckpt: dict) -> Path:
     return path
 
 
+@config_lib.exits_2_on(CheckpointError, interop.HFFormatError, interop_gguf.GGUFFormatError, OSError)
 def main(cfg: ExportConfig) -> None:
-    try:
-        export(cfg)
-    except (CheckpointError, interop.HFFormatError, interop_gguf.GGUFFormatError, OSError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    export(cfg)
 
 
 if __name__ == "__main__":

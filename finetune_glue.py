@@ -38,7 +38,6 @@ import json
 import math
 import os
 import shutil
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -566,12 +565,9 @@ def sweep(cfg: GlueConfig) -> list[dict]:
     return results
 
 
+@config_lib.exits_2_on(CheckpointError, DataError, FileNotFoundError)
 def main(cfg: GlueConfig) -> None:
-    try:
-        sweep(cfg)
-    except (config_lib.ConfigError, CheckpointError, DataError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    sweep(cfg)
 
 
 if __name__ == "__main__":

@@ -329,12 +329,9 @@ def inherit(cfg: InheritConfig) -> Path:
     return out_dir
 
 
+@config_lib.exits_2_on(InheritError, CheckpointError, FileNotFoundError, ValueError)
 def main(cfg: InheritConfig) -> None:
-    try:
-        inherit(cfg)
-    except (InheritError, CheckpointError, config_lib.ConfigError, FileNotFoundError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    inherit(cfg)
 
 
 if __name__ == "__main__":

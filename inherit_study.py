@@ -176,11 +176,7 @@ def study(cfg: StudyConfig) -> list[dict]:
 
 def main(cfg: StudyConfig) -> None:
     import inherit
-    try:
-        study(cfg)
-    except (inherit.InheritError, config_lib.ConfigError, CheckpointError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    config_lib.exits_2_on(inherit.InheritError, CheckpointError, FileNotFoundError)(study)(cfg)
 
 
 if __name__ == "__main__":

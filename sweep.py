@@ -27,7 +27,6 @@ import json
 import math
 import shlex
 import statistics
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,12 +270,9 @@ def sweep(cfg: SweepConfig) -> list[dict]:
     return rows
 
 
+@config_lib.exits_2_on(CheckpointError, FileNotFoundError)
 def main(cfg: SweepConfig) -> None:
-    try:
-        sweep(cfg)
-    except (config_lib.ConfigError, CheckpointError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    sweep(cfg)
 
 
 if __name__ == "__main__":

@@ -24,7 +24,6 @@ import dataclasses
 import json
 import shlex
 import statistics
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -165,12 +164,9 @@ def study(cfg: TokenizerStudyConfig) -> list[dict]:
     return rows
 
 
+@config_lib.exits_2_on(CheckpointError, DataError, FileNotFoundError)
 def main(cfg: TokenizerStudyConfig) -> None:
-    try:
-        study(cfg)
-    except (config_lib.ConfigError, CheckpointError, DataError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    study(cfg)
 
 
 if __name__ == "__main__":

@@ -74,8 +74,8 @@ def check_same_tokenizer(cfg: TrainConfig, meta: dict) -> None:
         return
     from checkpoint import load_checkpoint
     path = Path(cfg.init_from)
-    if path.is_dir() and not (path / "ckpt.pt").is_file():
-        return  # a transformers folder: no record of its tokenizer to compare
+    if not path.exists() or path.is_dir() and not (path / "ckpt.pt").is_file():
+        return  # missing (the Trainer says so) or a transformers folder: no tokenizer record to compare
     source_meta = load_checkpoint(path).get("data_meta", {})
     mine = (meta.get("tokenizer_name"), meta.get("vocab_size"), meta.get("eot_id"))
     theirs = (source_meta.get("tokenizer_name"), source_meta.get("vocab_size"), source_meta.get("eot_id"))
@@ -140,12 +140,10 @@ def print_sample(trainer: Trainer, meta: dict) -> None:
     trainer.log("sample:\n" + tokenizer.decode(new_tokens))
 
 
+@config_lib.exits_2_on(CheckpointError, FileNotFoundError)
 def main(cfg: TrainConfig) -> None:
     try:
         pretrain(cfg)
-    except (config_lib.ConfigError, CheckpointError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
     except FloatingPointError as e:  # a diverged run: not the user's input, but no traceback helps
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(1) from None
