@@ -77,49 +77,59 @@ def score_stream(model, stream: list[int], seq_len: int, batch_size: int, device
     return total
 
 
-def evaluate(cfg: EvalConfig) -> dict:
+def read_texts(data: str, corpus: str, split: str, genres: list[str] | None) -> dict[str, list[str]]:
+    """Texts per genre. A missing file or a bad row stops here, before any model is loaded. Rows of a
+    JSONL file that carry a "genre" get their own line in the breakdown, as a folder's genres do."""
     from data.corpus import load_texts
 
-    # The data first: a missing file or a bad row stops the command before a model is loaded. Rows of a
-    # JSONL file that carry a "genre" get their own line in the breakdown, as a folder's genres do.
-    genres = genre_names(cfg.genres)
     texts_by_genre: dict[str, list[str]] = defaultdict(list)
-    for doc in load_texts(cfg.data, corpus=cfg.corpus, split=cfg.split, genres=genres):
+    for doc in load_texts(data, corpus=corpus, split=split, genres=genres):
         texts_by_genre[doc.genre].append(doc.text)
     if not texts_by_genre:
-        raise FileNotFoundError(f"no documents found in {cfg.data} (corpus {cfg.corpus}, split {cfg.split})")
+        raise FileNotFoundError(f"no documents found in {data} (corpus {corpus}, split {split})")
+    return texts_by_genre
 
-    device = machine_lib.setup(cfg.device, "fp32", distributed=False).device
-    model, ckpt = load_model(cfg.out_dir, device)
-    run_dir = Path(cfg.out_dir)
-    tokenizer = load_run_tokenizer(run_dir if run_dir.is_dir() else run_dir.parent, ckpt.get("data_meta", {}))
-    seq_len = cfg.seq_len or ckpt["config"]["seq_len"]
 
+def score_texts(model, tokenizer, texts_by_genre: dict[str, list[str]], seq_len: int, batch_size: int,
+                device, max_tokens_per_genre: int = 0, echo=print) -> dict:
+    """Loss, perplexity and bits per byte of model on the texts, overall and per genre."""
     results = {}
     for genre, texts in texts_by_genre.items():
         stream, n_bytes = [tokenizer.eot_id], 0
         for text, ids in zip(texts, tokenizer.encode_batch(texts)):
             stream += ids + [tokenizer.eot_id]
             n_bytes += len(text.encode("utf-8")) + 1
-            if cfg.max_tokens_per_genre and len(stream) > cfg.max_tokens_per_genre:
+            if max_tokens_per_genre and len(stream) > max_tokens_per_genre:
                 break
-        nll = score_stream(model, stream, seq_len, cfg.batch_size, device)
+        nll = score_stream(model, stream, seq_len, batch_size, device)
         n_tokens = len(stream) - 1
         results[genre] = {"loss": nll / n_tokens, "tokens": n_tokens, "bytes": n_bytes, "nll": nll}
-        print(f"{genre:>13s} | loss {nll / n_tokens:7.4f} | ppl {math.exp(nll / n_tokens):9.2f} | "
-              f"bpb {nll / math.log(2) / n_bytes:6.4f} | {n_tokens:>9,} tokens", flush=True)
+        echo(f"{genre:>13s} | loss {nll / n_tokens:7.4f} | ppl {math.exp(nll / n_tokens):9.2f} | "
+             f"bpb {nll / math.log(2) / n_bytes:6.4f} | {n_tokens:>9,} tokens")
 
     nll = sum(r["nll"] for r in results.values())
     tokens = sum(r["tokens"] for r in results.values())
     n_bytes = sum(r["bytes"] for r in results.values())
-    summary = {
+    return {
         "loss": nll / tokens, "perplexity": math.exp(nll / tokens), "bits_per_byte": nll / math.log(2) / n_bytes,
-        "tokens": tokens, "bytes": n_bytes, "tokenizer": tokenizer.name, "data": cfg.data,
+        "tokens": tokens, "bytes": n_bytes, "tokenizer": tokenizer.name,
         "genres": {g: {"loss": r["loss"], "perplexity": math.exp(r["loss"]),
                        "bits_per_byte": r["nll"] / math.log(2) / r["bytes"], "tokens": r["tokens"]}
                    for g, r in results.items()},
     }
-    return summary
+
+
+def evaluate(cfg: EvalConfig) -> dict:
+    texts_by_genre = read_texts(cfg.data, cfg.corpus, cfg.split, genre_names(cfg.genres))
+    device = machine_lib.setup(cfg.device, "fp32", distributed=False).device
+    model, ckpt = load_model(cfg.out_dir, device)
+    run_dir = Path(cfg.out_dir)
+    tokenizer = load_run_tokenizer(run_dir if run_dir.is_dir() else run_dir.parent, ckpt.get("data_meta", {}))
+    seq_len = cfg.seq_len or ckpt["config"]["seq_len"]
+    echo = lambda line: print(line, flush=True)  # noqa: E731
+    summary = score_texts(model, tokenizer, texts_by_genre, seq_len, cfg.batch_size, device,
+                          cfg.max_tokens_per_genre, echo)
+    return {**summary, "data": cfg.data}
 
 
 def main(cfg: EvalConfig) -> None:

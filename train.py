@@ -20,6 +20,7 @@ import torch
 
 import config as config_lib
 import machine as machine_lib
+from atomic import atomic_write_json
 from checkpoint import CheckpointError
 from data.tokens import TokenBatches, open_tokens, read_meta
 from trainer import Trainer, TrainConfig, learning_rate  # noqa: F401  (learning_rate: used by tests)
@@ -91,6 +92,7 @@ def pretrain(cfg: TrainConfig) -> Trainer:
     meta = read_meta(cfg.data_dir)
     check_same_tokenizer(cfg, meta)
     train_tokens, val_tokens = open_tokens(cfg.data_dir, "train"), open_tokens(cfg.data_dir, "validation")
+    held_out = read_held_out(cfg, meta)  # before any compute: a missing raw file stops the run here
     m = machine_lib.setup(cfg.device, cfg.dtype, cfg.threads)
     try:
         try:
@@ -110,6 +112,7 @@ def pretrain(cfg: TrainConfig) -> Trainer:
         trainer.run()
         if trainer.is_main:
             print_sample(trainer, meta)
+            report_bits_per_byte(trainer, meta, held_out)
     finally:
         m.close()
     return trainer
@@ -120,6 +123,39 @@ def check_vocab(model_cfg, meta: dict, data_dir) -> None:
         raise config_lib.ConfigError(
             f"the tokenizer of {data_dir} has {meta['vocab_size']} tokens but model.vocab_size is "
             f"{model_cfg.vocab_size}: set --model.vocab_size={meta['vocab_size']}")
+
+
+def read_held_out(cfg: TrainConfig, meta: dict) -> dict:
+    """{split: {genre: texts}} of cfg.bpb_genres from the raw corpus data_dir was prepared from."""
+    genres = [g.strip() for g in cfg.bpb_genres.split(",") if g.strip()]
+    if not genres:
+        return {}
+    from evaluate import read_texts
+    root = meta.get("data_root", "")
+    try:
+        return {split: read_texts(root, meta.get("corpus", "leaner"), split, genres)
+                for split in ("validation", "test")}
+    except (FileNotFoundError, ValueError) as e:  # ValueError: data.corpus.DataError
+        raise config_lib.ConfigError(f"--bpb_genres: {cfg.data_dir} was prepared from {root!r}, whose "
+                                     f"held-out text cannot be read ({e}); set --bpb_genres= to skip") from None
+
+
+def report_bits_per_byte(trainer: Trainer, meta: dict, held_out: dict) -> None:
+    """Score the final model on held-out raw text: bits per byte, which unlike the loss per token does
+    not depend on the tokenizer. Logged, and written to OUT_DIR/bits_per_byte.json."""
+    if not held_out:
+        return
+    from evaluate import score_texts
+    from sample import load_run_tokenizer
+    tokenizer = load_run_tokenizer(trainer.out_dir, meta)
+    model = trainer.model.eval()
+    report = {}
+    for split, texts in held_out.items():
+        trainer.log(f"bits per byte on held-out {split} text ({', '.join(texts)}):")
+        report[split] = score_texts(model, tokenizer, texts, trainer.cfg.seq_len, trainer.cfg.batch_size,
+                                    trainer.device, echo=trainer.log)
+        trainer.log(f"{split}: {report[split]['bits_per_byte']:.4f} bits per byte")
+    atomic_write_json(trainer.out_dir / "bits_per_byte.json", {"step": trainer.step, **report})
 
 
 def print_sample(trainer: Trainer, meta: dict) -> None:

@@ -55,6 +55,13 @@ def _beta(value: float) -> str | None:
     return None if 0 <= value < 1 else "must be in [0, 1)"
 
 
+def _genre_list(value: str) -> str | None:
+    from data.corpus import GENRES
+    names = [g.strip() for g in value.split(",") if g.strip()]
+    bad = [g for g in names if g not in GENRES]
+    return f"must be empty or a comma list of {', '.join(GENRES)} (unknown: {', '.join(bad)})" if bad else None
+
+
 @dataclass
 class TrainConfig:
     data_dir: str = "out/data/leaner"   # a folder written by data/prepare.py
@@ -82,6 +89,9 @@ class TrainConfig:
     ckpt_every: int = setting(200, min=1)
     sample_prompt: str = "Once upon a time"
     sample_tokens: int = setting(80, min=0)
+    # pre-training: at the end, bits per byte on the raw validation and test text of these genres of
+    # the corpus the data was prepared from (comma list; empty: skip)
+    bpb_genres: str = setting("", check=_genre_list)
     wandb_project: str = ""             # empty: no wandb
     tensorboard: bool = False
     peak_flops: float = setting(0.0, min=0)  # FLOP/s per process for MFU; 0 measures it at start
@@ -158,6 +168,7 @@ class Trainer:
         self.listeners = ([train_source] if hasattr(train_source, "on_evaluation") else []) + list(listeners)
         self.init_report: dict[str, list[str]] | None = None
         self.step, self.tokens_seen = 0, 0
+        self.train_seconds = 0.0  # time in optimizer steps only (no evaluation, checkpoints or start-up)
 
         resuming, source, ckpt = cfg.resume, None, None
         if resuming:
@@ -213,6 +224,7 @@ class Trainer:
             listener.load_state_dict(state)
         set_rng_state(ckpt["rng"])
         self.step, self.tokens_seen = ckpt["step"], ckpt.get("tokens_seen", 0)
+        self.train_seconds = ckpt.get("train_seconds", 0.0)
         self.log(f"resumed from {self.out_dir / 'ckpt.pt'} at step {self.step}")
 
     # ---------------------------------------------------------------- helpers for stages
@@ -275,7 +287,8 @@ class Trainer:
             return
         atomic_torch_save({
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
-            "tokens_seen": self.tokens_seen, "rng": rng_state(), "data": self.train_source.state_dict(), "world_size": self.machine.world,
+            "tokens_seen": self.tokens_seen,
+            "train_seconds": self.train_seconds, "rng": rng_state(), "data": self.train_source.state_dict(), "world_size": self.machine.world,
             "listeners": [x.state_dict() for x in self._stateful_listeners()],
             "config": config_lib.to_dict(self.cfg), "data_meta": self.data_meta,
         }, self.out_dir / "ckpt.pt")
@@ -299,6 +312,7 @@ class Trainer:
         start_state = copy.deepcopy(self.train_source.state_dict())  # for the compile fallback
         window_start, window_tokens = time.perf_counter(), 0
         while self.step < cfg.max_steps:
+            step_start = time.perf_counter()
             try:
                 loss, tokens = self.train_step()
             except Exception as e:  # compiled code can fail on some platforms: finish the run in eager
@@ -317,13 +331,14 @@ class Trainer:
                     f"checkpoint in {self.out_dir} is untouched")
             window_tokens += tokens
             self.tokens_seen += tokens
+            self.train_seconds += time.perf_counter() - step_start
             row = None
             if self.step % cfg.log_every == 0 or self.step == cfg.max_steps:
                 loss = self.machine.mean_over_ranks(loss)
                 tok_s = window_tokens / (time.perf_counter() - window_start)
                 row = {"step": self.step, "loss": loss, "lr": self.learning_rate(self.step - 1),
                        "tokens_per_s": tok_s, "mfu": tok_s * flops_per_token / (peak * self.machine.world),
-                       "tokens": self.tokens_seen}
+                       "tokens": self.tokens_seen, "train_s": self.train_seconds}
                 mfu = f" | mfu {100 * row['mfu']:.1f}%" if flops_per_token else ""  # stage models may not say
                 self.log(f"step {self.step:5d}/{cfg.max_steps} | loss {loss:.4f} | lr {row['lr']:.2e} | "
                          f"{tok_s:,.0f} tok/s{mfu}")

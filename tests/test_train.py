@@ -177,6 +177,44 @@ def test_evaluate_reports_consistent_numbers(trained_run, shared_data, tmp_path)
     assert summary["bytes"] == len("The sun is hot.") + len("I like my dog.") + 2
 
 
+def test_end_of_run_bits_per_byte_match_evaluate(leaner_small, tmp_path):
+    """--bpb_genres scores the final model on the raw held-out text: the same numbers as evaluate.py
+    on the saved checkpoint (an independent path: the model is reloaded from disk)."""
+    import train
+    run = tmp_path / "run"
+    train.pretrain(tiny_cfg(leaner_small, run, "--max_steps=12", "--eval_every=12", "--eval_steps=1",
+                            "--bpb_genres=wiki,conversation"))
+    report = json.loads((run / "bits_per_byte.json").read_text())
+    assert report["step"] == 12 and set(report) == {"step", "validation", "test"}
+    data_root = json.loads((leaner_small / "meta.json").read_text())["data_root"]
+    for split in ("validation", "test"):
+        result = run_script("evaluate.py", f"--out_dir={run}", f"--data={data_root}", f"--split={split}",
+                            "--genres=wiki,conversation", "--batch_size=4")
+        expected = json.loads(result.stdout.strip().splitlines()[-1])
+        assert report[split]["bits_per_byte"] == pytest.approx(expected["bits_per_byte"], rel=1e-5)
+        assert report[split]["tokens"] == expected["tokens"] and report[split]["bytes"] == expected["bytes"]
+        assert set(report[split]["genres"]) == {"wiki", "conversation"}
+    rows = read_metrics(run / "metrics.jsonl")
+    assert 0 < rows[-1]["train_s"] < 600 and rows[-1]["tokens"] == 12 * 4 * 64
+
+
+def test_bad_bpb_genres_stop_before_training(leaner_small, tmp_path):
+    bad = run_script("train.py", f"--data_dir={leaner_small}", f"--out_dir={tmp_path / 'a'}", *TINY,
+                     "--bpb_genres=wiki,poetry", check=False)
+    assert bad.returncode == 2 and "poetry" in bad.stderr and "conversation" in bad.stderr
+    moved = tmp_path / "moved"  # prepared data whose raw corpus is gone: said before any step runs
+    moved.mkdir()
+    for f in leaner_small.iterdir():
+        (moved / f.name).symlink_to(f)
+    (moved / "meta.json").unlink()
+    meta = json.loads((leaner_small / "meta.json").read_text())
+    (moved / "meta.json").write_text(json.dumps({**meta, "data_root": str(tmp_path / "nowhere")}))
+    gone = run_script("train.py", f"--data_dir={moved}", f"--out_dir={tmp_path / 'b'}", *TINY,
+                      "--bpb_genres=wiki", check=False)
+    assert gone.returncode == 2 and "--bpb_genres" in gone.stderr and "nowhere" in gone.stderr
+    assert not (tmp_path / "b" / "metrics.jsonl").exists()
+
+
 def test_export_loads_in_transformers(trained_run, tmp_path):
     transformers = pytest.importorskip("transformers")
     run_script("export.py", f"--out_dir={trained_run}", f"--hf_dir={tmp_path / 'hf'}")
