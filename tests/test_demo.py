@@ -4,6 +4,7 @@ Llama, sample from it. Marked slow (a few minutes); CI runs it after the default
 from __future__ import annotations
 
 import re
+import sys
 
 import pytest
 
@@ -35,6 +36,7 @@ def test_demo_sweep_candidates_are_valid_configs_and_unknown_names_are_refused(t
     from conftest import REPO
     spec = importlib.util.spec_from_file_location("demo_sweep", REPO / "bench" / "demo_sweep.py")
     demo_sweep = importlib.util.module_from_spec(spec)
+    sys.modules["demo_sweep"] = demo_sweep  # its dataclass looks its module up there
     spec.loader.exec_module(demo_sweep)
     for name in demo_sweep.CANDIDATES:
         cfg = demo_sweep.candidate_config(name, 0, tmp_path)
