@@ -42,8 +42,8 @@ CANDIDATES: dict[str, dict] = {
     "w256_l4_lr6": {"model.n_layer": 4, "model.n_embd": 256, "model.ffn_hidden": 688, "max_steps": 440,
                     "lr": 6e-3, "min_lr": 6e-4},
     "w192_l4": {"model.n_layer": 4, "model.n_embd": 192, "model.ffn_hidden": 512, "max_steps": 660},
-    "w256_l4_b8": {"model.n_layer": 4, "model.n_embd": 256, "model.ffn_hidden": 688, "max_steps": 860,
-                   "batch_size": 8},
+    "w128_l4": {"model.n_layer": 4, "model.n_embd": 128, "model.ffn_hidden": 344, "max_steps": 850},
+    "w128_l4_long": {"model.n_layer": 4, "model.n_embd": 128, "model.ffn_hidden": 344, "max_steps": 1250},
 }
 
 
@@ -122,8 +122,9 @@ def plot(rows: list[dict], path: Path) -> None:
                     fontsize=8)
     ax.axvline(10, color="grey", linestyle=":", linewidth=1)
     ax.set_xlabel("training minutes (optimizer steps only)")
-    ax.set_ylabel("validation bits per byte (book, conversation, textbook, wiki)")
-    ax.set_title("demo candidates (marker size: parameters)")
+    ax.set_ylabel("validation bits per byte")
+    ax.set_title("demo candidates: held-out book, conversation, textbook, wiki\n(marker size: parameters)",
+                 fontsize=10)
     save_figure(fig, path)
 
 
