@@ -112,7 +112,7 @@ def pretrain(cfg: TrainConfig) -> Trainer:
         trainer.run()
         if trainer.is_main:
             print_sample(trainer, meta)
-            report_bits_per_byte(trainer, meta, held_out)
+            report_bits_per_byte(trainer, meta, held_out, train_tokens)
     finally:
         m.close()
     return trainer
@@ -140,21 +140,30 @@ def read_held_out(cfg: TrainConfig, meta: dict) -> dict:
                                      f"held-out text cannot be read ({e}); set --bpb_genres= to skip") from None
 
 
-def report_bits_per_byte(trainer: Trainer, meta: dict, held_out: dict) -> None:
+def report_bits_per_byte(trainer: Trainer, meta: dict, held_out: dict, train_tokens: np.ndarray) -> None:
     """Score the final model on held-out raw text: bits per byte, which unlike the loss per token does
-    not depend on the tokenizer. Logged, and written to OUT_DIR/bits_per_byte.json."""
+    not depend on the tokenizer; beside it the same for a unigram model of the train tokens (add-one
+    smoothed), the floor any model must clear. Logged, and written to OUT_DIR/bits_per_byte.json."""
     if not held_out:
         return
     from evaluate import score_texts
     from sample import load_run_tokenizer
     tokenizer = load_run_tokenizer(trainer.out_dir, meta)
+    counts = np.bincount(np.asarray(train_tokens), minlength=trainer.cfg.model.vocab_size) + 1.0
+    unigram_log_probs = np.log(counts / counts.sum())
     model = trainer.model.eval()
     report = {}
     for split, texts in held_out.items():
         trainer.log(f"bits per byte on held-out {split} text ({', '.join(texts)}):")
         report[split] = score_texts(model, tokenizer, texts, trainer.cfg.seq_len, trainer.cfg.batch_size,
                                     trainer.device, echo=trainer.log)
-        trainer.log(f"{split}: {report[split]['bits_per_byte']:.4f} bits per byte")
+        nll = 0.0  # the unigram model on the same predictions: every token after the first end-of-text
+        for genre_texts in texts.values():
+            ids = [i for doc in tokenizer.encode_batch(genre_texts) for i in doc + [tokenizer.eot_id]]
+            nll -= float(unigram_log_probs[np.asarray(ids)].sum())
+        report[split]["unigram_bits_per_byte"] = nll / np.log(2) / report[split]["bytes"]
+        trainer.log(f"{split}: {report[split]['bits_per_byte']:.4f} bits per byte "
+                    f"(unigram baseline {report[split]['unigram_bits_per_byte']:.4f})")
     atomic_write_json(trainer.out_dir / "bits_per_byte.json", {"step": trainer.step, **report})
 
 

@@ -182,8 +182,8 @@ def test_end_of_run_bits_per_byte_match_evaluate(leaner_small, tmp_path):
     on the saved checkpoint (an independent path: the model is reloaded from disk)."""
     import train
     run = tmp_path / "run"
-    train.pretrain(tiny_cfg(leaner_small, run, "--max_steps=12", "--eval_every=12", "--eval_steps=1",
-                            "--bpb_genres=wiki,conversation"))
+    trainer = train.pretrain(tiny_cfg(leaner_small, run, "--max_steps=12", "--eval_every=12", "--eval_steps=1",
+                                      "--bpb_genres=wiki,conversation"))
     report = json.loads((run / "bits_per_byte.json").read_text())
     assert report["step"] == 12 and set(report) == {"step", "validation", "test"}
     data_root = json.loads((leaner_small / "meta.json").read_text())["data_root"]
@@ -194,6 +194,18 @@ def test_end_of_run_bits_per_byte_match_evaluate(leaner_small, tmp_path):
         assert report[split]["bits_per_byte"] == pytest.approx(expected["bits_per_byte"], rel=1e-5)
         assert report[split]["tokens"] == expected["tokens"] and report[split]["bytes"] == expected["bytes"]
         assert set(report[split]["genres"]) == {"wiki", "conversation"}
+    # The unigram baseline beside it, recomputed here by counting in plain Python.
+    from collections import Counter
+    from data.corpus import load_texts
+    from sample import load_run_tokenizer
+    tok = load_run_tokenizer(run, {})
+    train_ids = np.fromfile(leaner_small / "train.bin", dtype=np.uint16).tolist()
+    counts, vocab = Counter(train_ids), trainer.cfg.model.vocab_size
+    docs = load_texts(data_root, "leaner", "test", ["wiki", "conversation"])
+    ids = [i for d in docs for i in tok.encode(d.text) + [tok.eot_id]]
+    bits = -sum(math.log2((counts[i] + 1) / (len(train_ids) + vocab)) for i in ids)
+    n_bytes = sum(len(d.text.encode("utf-8")) + 1 for d in docs)
+    assert report["test"]["unigram_bits_per_byte"] == pytest.approx(bits / n_bytes, rel=1e-6)
     rows = read_metrics(run / "metrics.jsonl")
     assert 0 < rows[-1]["train_s"] < 600 and rows[-1]["tokens"] == 12 * 4 * 64
 
