@@ -7,7 +7,7 @@ or by hand (the data from glue_study.py --step=prepare: one tokenizer, trained o
     python train.py configs/study_llama.py --data_dir=out/study/data/leaner --out_dir=out/study/leaner_llama
     python train.py configs/study_llama.py --data_dir=out/study/data/ori --out_dir=out/study/ori_llama
 
-The CPU demo's shape (4 layers, width 256, 2.90M non-embedding parameters; configs/study_mamba.py
+The former CPU demo's shape (4 layers, width 256, 2.90M non-embedding parameters; configs/study_mamba.py
 has 2.91M), which trains at about 18,500-26,500 tokens/s with bf16 on the 2-core Xeon (README main job,
 docs/benchmarks.md); the Mamba at about 0.8x that. Token budget, the same for all four runs: 6,000
 steps of 16 x 256 tokens = 24.6M tokens, about 15 passes over the leaner train split's four genres
