@@ -91,9 +91,11 @@ def read_texts(data: str, corpus: str, split: str, genres: list[str] | None) -> 
 
 
 def score_texts(model, tokenizer, texts_by_genre: dict[str, list[str]], seq_len: int, batch_size: int,
-                device, max_tokens_per_genre: int = 0, echo=print) -> dict:
-    """Loss, perplexity and bits per byte of model on the texts, overall and per genre."""
-    results = {}
+                device, max_tokens_per_genre: int = 0, echo=print, baseline_log_probs=None) -> dict:
+    """Loss, perplexity and bits per byte of model on the texts, overall and per genre. With
+    baseline_log_probs (a numpy array of log-probabilities per token id), also the bits per byte of
+    that unigram model on the same predictions, as unigram_bits_per_byte."""
+    results, baseline_nll = {}, 0.0
     for genre, texts in texts_by_genre.items():
         stream, n_bytes = [tokenizer.eot_id], 0
         for text, ids in zip(texts, tokenizer.encode_batch(texts)):
@@ -102,6 +104,8 @@ def score_texts(model, tokenizer, texts_by_genre: dict[str, list[str]], seq_len:
             if max_tokens_per_genre and len(stream) > max_tokens_per_genre:
                 break
         nll = score_stream(model, stream, seq_len, batch_size, device)
+        if baseline_log_probs is not None:
+            baseline_nll -= float(baseline_log_probs[stream[1:]].sum())
         n_tokens = len(stream) - 1
         results[genre] = {"loss": nll / n_tokens, "tokens": n_tokens, "bytes": n_bytes, "nll": nll}
         echo(f"{genre:>13s} | loss {nll / n_tokens:7.4f} | ppl {math.exp(nll / n_tokens):9.2f} | "
@@ -110,13 +114,16 @@ def score_texts(model, tokenizer, texts_by_genre: dict[str, list[str]], seq_len:
     nll = sum(r["nll"] for r in results.values())
     tokens = sum(r["tokens"] for r in results.values())
     n_bytes = sum(r["bytes"] for r in results.values())
-    return {
+    summary = {
         "loss": nll / tokens, "perplexity": math.exp(nll / tokens), "bits_per_byte": nll / math.log(2) / n_bytes,
         "tokens": tokens, "bytes": n_bytes, "tokenizer": tokenizer.name,
         "genres": {g: {"loss": r["loss"], "perplexity": math.exp(r["loss"]),
                        "bits_per_byte": r["nll"] / math.log(2) / r["bytes"], "tokens": r["tokens"]}
                    for g, r in results.items()},
     }
+    if baseline_log_probs is not None:
+        summary["unigram_bits_per_byte"] = baseline_nll / math.log(2) / n_bytes
+    return summary
 
 
 def evaluate(cfg: EvalConfig) -> dict:

@@ -28,12 +28,16 @@ from trainer import Trainer, TrainConfig, learning_rate  # noqa: F401  (learning
 VALIDATION_SEED = 20250101  # fixed, so validation losses compare across runs and seeds
 
 
-def unigram_loss(train_tokens: np.ndarray, val_tokens: np.ndarray, vocab_size: int) -> float:
-    """Validation cross-entropy of a unigram model fitted on the training tokens (add-one smoothed):
-    the baseline a trained model must beat clearly to have learned anything about context."""
+def unigram_log_probs(train_tokens: np.ndarray, vocab_size: int) -> np.ndarray:
+    """Log-probabilities of a unigram model fitted on the training tokens (add-one smoothed): the
+    baseline a trained model must beat clearly to have learned anything about context."""
     counts = np.bincount(np.asarray(train_tokens), minlength=vocab_size).astype(np.float64) + 1.0
-    log_probs = np.log(counts / counts.sum())
-    return float(-log_probs[np.asarray(val_tokens)].mean())
+    return np.log(counts / counts.sum())
+
+
+def unigram_loss(train_tokens: np.ndarray, val_tokens: np.ndarray, vocab_size: int) -> float:
+    """Validation cross-entropy of that unigram model."""
+    return float(-unigram_log_probs(train_tokens, vocab_size)[np.asarray(val_tokens)].mean())
 
 
 class ValidationLoss:
@@ -127,10 +131,10 @@ def check_vocab(model_cfg, meta: dict, data_dir) -> None:
 
 def read_held_out(cfg: TrainConfig, meta: dict) -> dict:
     """{split: {genre: texts}} of cfg.bpb_genres from the raw corpus data_dir was prepared from."""
-    genres = [g.strip() for g in cfg.bpb_genres.split(",") if g.strip()]
+    from evaluate import genre_names, read_texts
+    genres = genre_names(cfg.bpb_genres)
     if not genres:
         return {}
-    from evaluate import read_texts
     root = meta.get("data_root", "")
     try:
         return {split: read_texts(root, meta.get("corpus", "leaner"), split, genres)
@@ -142,26 +146,20 @@ def read_held_out(cfg: TrainConfig, meta: dict) -> dict:
 
 def report_bits_per_byte(trainer: Trainer, meta: dict, held_out: dict, train_tokens: np.ndarray) -> None:
     """Score the final model on held-out raw text: bits per byte, which unlike the loss per token does
-    not depend on the tokenizer; beside it the same for a unigram model of the train tokens (add-one
-    smoothed), the floor any model must clear. Logged, and written to OUT_DIR/bits_per_byte.json."""
+    not depend on the tokenizer; beside it the same for the unigram model of the train tokens, the
+    floor any model must clear. Logged, and written to OUT_DIR/bits_per_byte.json."""
     if not held_out:
         return
     from evaluate import score_texts
     from sample import load_run_tokenizer
     tokenizer = load_run_tokenizer(trainer.out_dir, meta)
-    counts = np.bincount(np.asarray(train_tokens), minlength=trainer.cfg.model.vocab_size) + 1.0
-    unigram_log_probs = np.log(counts / counts.sum())
+    baseline = unigram_log_probs(train_tokens, trainer.cfg.model.vocab_size)
     model = trainer.model.eval()
     report = {}
     for split, texts in held_out.items():
         trainer.log(f"bits per byte on held-out {split} text ({', '.join(texts)}):")
         report[split] = score_texts(model, tokenizer, texts, trainer.cfg.seq_len, trainer.cfg.batch_size,
-                                    trainer.device, echo=trainer.log)
-        nll = 0.0  # the unigram model on the same predictions: every token after the first end-of-text
-        for genre_texts in texts.values():
-            ids = [i for doc in tokenizer.encode_batch(genre_texts) for i in doc + [tokenizer.eot_id]]
-            nll -= float(unigram_log_probs[np.asarray(ids)].sum())
-        report[split]["unigram_bits_per_byte"] = nll / np.log(2) / report[split]["bytes"]
+                                    trainer.device, echo=trainer.log, baseline_log_probs=baseline)
         trainer.log(f"{split}: {report[split]['bits_per_byte']:.4f} bits per byte "
                     f"(unigram baseline {report[split]['unigram_bits_per_byte']:.4f})")
     atomic_write_json(trainer.out_dir / "bits_per_byte.json", {"step": trainer.step, **report})

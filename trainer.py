@@ -287,8 +287,8 @@ class Trainer:
             return
         atomic_torch_save({
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(), "step": self.step,
-            "tokens_seen": self.tokens_seen,
-            "train_seconds": self.train_seconds, "rng": rng_state(), "data": self.train_source.state_dict(), "world_size": self.machine.world,
+            "tokens_seen": self.tokens_seen, "train_seconds": self.train_seconds, "rng": rng_state(),
+            "data": self.train_source.state_dict(), "world_size": self.machine.world,
             "listeners": [x.state_dict() for x in self._stateful_listeners()],
             "config": config_lib.to_dict(self.cfg), "data_meta": self.data_meta,
         }, self.out_dir / "ckpt.pt")
