@@ -3,6 +3,7 @@
     python curriculum_experiment.py                                   # configs/curriculum_proxy.py, seeds 1-3
     python curriculum_experiment.py --seeds=1,2,3,4,5 --out_dir=out/curriculum
     python curriculum_experiment.py --report_only                     # the table and plot of what is done
+    python curriculum_experiment.py --steps=glue,report --glue_tasks=rte,cola --glue_seeds=1   # Leaner-Glue
 
 Runs (each a curriculum.py run in OUT_DIR/NAME/seedS): random, sentence_length, self_loss,
 self_loss_reverse, reference_loss, full_repeated, full_random, multi_round (any NAME_reverse of an
@@ -17,6 +18,13 @@ tokens it needed to reach the full_repeated baseline's final validation loss (me
 mean and standard deviation over the seeds that reached it ("not reached" when none did); OUT_DIR/
 curves.png the validation loss against steps and against unique tokens, the mean over seeds as a line
 and the range over seeds as a band; OUT_DIR/summary.json the same numbers.
+
+Leaner-Glue (--glue_tasks, the "glue" step): each finished run's final checkpoint is fine-tuned by
+finetune_glue.py (--glue_config, plus --glue_flags) into OUT_DIR/glue/NAME/seedS, itself resumable.
+OUT_DIR/glue_summary.md and .png hold one row per run with the mean and standard deviation over its
+pre-training seeds (--glue_seeds, default every seed), which is the spread that says whether a
+strategy changed the model. The steps run in the order given, so `--steps=glue,report` scores what
+is already trained, for example beside a running experiment.
 """
 
 from __future__ import annotations
@@ -32,6 +40,7 @@ import config as config_lib
 from atomic import atomic_write_json, atomic_write_text
 from checkpoint import CheckpointError
 from config import setting
+from data.corpus import DataError
 from curriculum import ORDERED, CurriculumConfig, run_curriculum
 from metrics import read_metrics, save_figure
 
@@ -48,6 +57,11 @@ def _check_runs(runs) -> str | None:
     return None if BASELINE in runs else f"must include {BASELINE} (the target every run is measured against)"
 
 
+def _check_steps(steps) -> str | None:
+    unknown = [s for s in steps if s not in ("runs", "glue", "report")]
+    return f"has unknown step {unknown[0]!r}: use runs, glue, report" if unknown else None
+
+
 @dataclass
 class ExperimentConfig:
     run_config: str = "configs/curriculum_proxy.py"  # the settings every run shares
@@ -55,7 +69,12 @@ class ExperimentConfig:
     seeds: tuple[int, ...] = (1, 2, 3)
     runs: tuple[str, ...] = setting(RUNS, check=_check_runs)
     flags: tuple[str, ...] = field(default_factory=tuple)  # extra --key=value for every run, comma separated
-    report_only: bool = False
+    report_only: bool = False   # the same as --steps=report
+    steps: tuple[str, ...] = setting(("runs", "glue", "report"), check=_check_steps)
+    glue_tasks: str = ""        # e.g. rte,cola: fine-tune every run's final checkpoint (empty: no glue step)
+    glue_seeds: tuple[int, ...] = ()   # the pre-training seeds whose checkpoints are fine-tuned; () = all
+    glue_config: str = "configs/glue_cpu.py"
+    glue_flags: tuple[str, ...] = field(default_factory=tuple)  # e.g. --lrs=1e-3,--seeds=1
 
 
 def run_flags(name: str, seed: int, cfg: ExperimentConfig) -> list[str]:
@@ -172,18 +191,69 @@ def report(cfg: ExperimentConfig) -> dict | None:
     return summary
 
 
+def glue_config(name: str, seed: int, cfg: ExperimentConfig):
+    from finetune_glue import GlueConfig
+    run = Path(cfg.out_dir) / name / f"seed{seed}"
+    return config_lib.parse_args(GlueConfig(), [cfg.glue_config, f"--task={cfg.glue_tasks}", f"--init_from={run}",
+                                                f"--name={name}", f"--out_dir={Path(cfg.out_dir) / 'glue' / name / f'seed{seed}'}",
+                                                *cfg.glue_flags])
+
+
+def glue(cfg: ExperimentConfig) -> None:
+    """Fine-tune every finished run of the chosen seeds; a run without result.json yet is left for later."""
+    from finetune_glue import sweep
+    for seed in cfg.glue_seeds or cfg.seeds:
+        for name in cfg.runs:
+            if not (Path(cfg.out_dir) / name / f"seed{seed}" / "result.json").is_file():
+                print(f"glue: {name} seed {seed} is not trained yet: skipped", flush=True)
+                continue
+            print(f"=== glue {name} seed {seed}", flush=True)
+            sweep(glue_config(name, seed, cfg))
+
+
+def glue_report(cfg: ExperimentConfig) -> str | None:
+    """One row per run: each pre-training seed's fine-tuned scores count as one sample (their fine-tuning
+    seeds folded in), so the spread is over pre-training seeds."""
+    from glue_report import read_results, write_summary
+    results = []
+    for name in cfg.runs:
+        for seed in cfg.glue_seeds or cfg.seeds:
+            folder = Path(cfg.out_dir) / "glue" / name / f"seed{seed}"
+            if folder.is_dir():
+                results += [dict(r, model=name, seed=1000 * seed + r["seed"]) for r in read_results(folder)]
+    if not results:
+        return None
+    table = write_summary(results, Path(cfg.out_dir) / "glue_summary")
+    note = ("\nRows: the final checkpoint of each run; spread over its pre-training seeds "
+            "(each fine-tuned with the seeds of --glue_flags, folded into one sample per pair).\n")
+    atomic_write_text(Path(cfg.out_dir) / "glue_summary.md", table + note)
+    print(table + note, flush=True)
+    return table
+
+
 def main(cfg: ExperimentConfig) -> None:
+    steps = ("report",) if cfg.report_only else cfg.steps
     try:
-        if not cfg.report_only:
-            runs = sorted(cfg.runs, key=lambda name: name != BASELINE)  # reference_loss needs the baseline
-            # fail on a bad run setting before any run starts
-            for name in runs:
-                config_lib.parse_args(CurriculumConfig(), run_flags(name, cfg.seeds[0], cfg))
-            for seed in cfg.seeds:
-                for name in runs:
-                    run_one(name, seed, cfg)
-        report(cfg)
-    except (config_lib.ConfigError, CheckpointError, FileNotFoundError) as e:
+        if "glue" in steps and not cfg.glue_tasks:
+            steps = tuple(s for s in steps if s != "glue")
+            print("no --glue_tasks: no Leaner-Glue fine-tuning (e.g. --glue_tasks=rte,cola)", flush=True)
+        runs = sorted(cfg.runs, key=lambda name: name != BASELINE)  # reference_loss needs the baseline
+        # fail on a bad run or fine-tuning setting before any run starts
+        for name in runs:
+            config_lib.parse_args(CurriculumConfig(), run_flags(name, cfg.seeds[0], cfg))
+            if "glue" in steps:
+                glue_config(name, cfg.seeds[0], cfg)
+        for step in steps:
+            if step == "runs":
+                for seed in cfg.seeds:
+                    for name in runs:
+                        run_one(name, seed, cfg)
+            elif step == "glue":
+                glue(cfg)
+            else:
+                report(cfg)
+                glue_report(cfg)
+    except (config_lib.ConfigError, CheckpointError, DataError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 

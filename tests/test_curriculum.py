@@ -357,6 +357,24 @@ def test_experiment_is_resumable_and_reports(leaner_small, tmp_path):
     assert set(summary["rows"]) == {"full_repeated", "random", "multi_round"}
     assert summary["rows"]["full_repeated"]["reached"] >= 1
     assert (out / "curves.png").stat().st_size > 1000 and "| full_repeated |" in (out / "summary.md").read_text()
+    assert not (out / "glue").exists()  # no --glue_tasks, no glue step
+
+    # Leaner-Glue of the final checkpoints: one row per run, spread over the two pre-training seeds
+    tiny_glue = ["--glue_tasks=rte", "--glue_flags=--epochs=1,--max_train=32,--batch_size=16,--lrs=1e-3,"
+                 "--seeds=1,--seq_len=32,--threads=1,--peak_flops=1e10"]
+    scored = run_script(*args, "--steps=glue,report", *tiny_glue)
+    assert "=== " not in scored.stdout.replace("=== glue", "")  # nothing pre-trained again
+    assert scored.stdout.count("=== glue") == 6
+    for name in ("full_repeated", "random", "multi_round"):
+        for seed in (1, 2):
+            result = json.loads((out / "glue" / name / f"seed{seed}" / "rte" / "lr0.001_seed1" / "result.json")
+                                .read_text())
+            assert result["model"] == name and str(out / name / f"seed{seed}") in result["settings"]["init_from"]
+    table = (out / "glue_summary.md").read_text()
+    assert "| random |" in table and " ± " in table  # two pre-training seeds give a spread
+    assert (out / "glue_summary.png").stat().st_size > 1000
+    again = run_script(*args, "--steps=glue", *tiny_glue)
+    assert "done earlier" in again.stdout and again.stdout.count("done earlier") == 6
 
 
 def test_bad_settings_exit_2_before_compute(tmp_path):
