@@ -4,8 +4,9 @@
 
 Model: the reference's proxy, a Llama of 4 layers, width 128, 4 heads, FFN 512, vocabulary 2,000.
 
-How the reference's run was scaled to about five minutes on 2 shared CPU cores (so that 24 runs, 8
-strategies x 3 seeds, take about two hours; see docs/results.md for the measured time of one run):
+How the reference's run was scaled (sized for about five minutes a run on 2 busy CPU cores; on the
+quiet 2-core EPYC with AVX512-BF16 of the experiment in docs/results.md a run without scoring took
+1-4 minutes, self_loss 14, and the 24 runs 88 minutes, with a Leaner-Glue pass running beside them):
   tokens per step  512 x 1,024 = 524,288  ->  16 x 256 = 4,096 (128x fewer: what 2 cores train at
                    a few thousand tokens per second)
   steps            2,500  ->  160, warmup 100 -> 8 (the same 4-5% of the run)
