@@ -214,7 +214,7 @@ def glue(cfg: ExperimentConfig) -> None:
 def glue_report(cfg: ExperimentConfig) -> str | None:
     """One row per run: each pre-training seed's fine-tuned scores count as one sample (their fine-tuning
     seeds folded in), so the spread is over pre-training seeds."""
-    from glue_report import read_results, write_summary
+    from glue_report import bar_chart, markdown, read_results, summarize
     results = []
     for name in cfg.runs:
         for seed in cfg.glue_seeds or cfg.seeds:
@@ -223,10 +223,12 @@ def glue_report(cfg: ExperimentConfig) -> str | None:
                 results += [dict(r, model=name, seed=1000 * seed + r["seed"]) for r in read_results(folder)]
     if not results:
         return None
-    table = write_summary(results, Path(cfg.out_dir) / "glue_summary")
+    summary = summarize(results)
+    table = markdown(summary)
     note = ("\nRows: the final checkpoint of each run; spread over its pre-training seeds "
             "(each fine-tuned with the seeds of --glue_flags, folded into one sample per pair).\n")
     atomic_write_text(Path(cfg.out_dir) / "glue_summary.md", table + note)
+    bar_chart(summary, Path(cfg.out_dir) / "glue_summary.png")
     print(table + note, flush=True)
     return table
 
