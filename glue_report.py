@@ -2,6 +2,8 @@
 
     python glue_report.py --sweeps=out/glue/leaner_llama,out/glue/ori_llama,out/glue/scratch_llama \
         --out=out/glue/summary          # writes out/glue/summary.md and out/glue/summary.png
+    python glue_report.py --sweeps=... --compare=leaner_llama:ori_llama,ori_llama:scratch_llama
+                                        # also out/glue/summary_gaps.md: each gap with its spread and p-value
 
 For each model and task the learning rate with the best mean dev score over seeds is selected, and the
 table gives the mean and standard deviation over those seeds of the test score (when every run of the
@@ -46,36 +48,87 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
 
 
-def summarize(results: list[dict]) -> dict:
-    """{"scored": "test" | "dev", "columns": [...], "rows": {model: {column: (mean, std, n, lr)}},
-    "held_out": {task,...}, "majority": {column: dev score}}, the learning rate selected per model and
-    task by its mean dev score over seeds."""
+def _selected(results: list[dict]) -> tuple[str, dict]:
+    """("test" | "dev", {(model, task): runs of the learning rate with the best mean dev score, by seed})."""
     scored = "test" if results and all("test" in r for r in results) else "dev"
     by = defaultdict(lambda: defaultdict(list))  # (model, task) -> lr -> results
     for r in results:
         by[r["model"], r["task"]][r["lr"]].append(r)
-    tasks = [t for t in GLUE_TASKS if any(t == task for _, task in by)]
+    chosen = {}
+    for key, by_lr in by.items():
+        lr = max(by_lr, key=lambda lr: statistics.fmean(r["dev"] for r in by_lr[lr]))
+        chosen[key] = sorted(by_lr[lr], key=lambda r: r["seed"])
+    return scored, chosen
+
+
+def _per_seed(scored: str, chosen: dict) -> dict[str, dict[str, dict[int, float]]]:
+    """{model: {column or "average": {seed: score}}}; the average only for seeds that have every task
+    of the model (mnli counts once, as the mean of matched and mismatched)."""
+    out: dict = defaultdict(lambda: defaultdict(dict))
+    tasks_of: dict = defaultdict(dict)  # model -> seed -> [task score]
+    for (model, task), runs in chosen.items():
+        for r in runs:
+            for column, key in zip(_columns(task), (scored, f"{scored}_mm")):
+                out[model][column][r["seed"]] = r[key]
+            score = (r[scored] + r[f"{scored}_mm"]) / 2 if task == "mnli" else r[scored]
+            tasks_of[model].setdefault(r["seed"], []).append(score)
+    for model, seeds in tasks_of.items():
+        n_tasks = sum(1 for (m, _) in chosen if m == model)
+        out[model]["average"] = {s: statistics.fmean(v) for s, v in seeds.items() if len(v) == n_tasks}
+    return out
+
+
+def summarize(results: list[dict]) -> dict:
+    """{"scored": "test" | "dev", "columns": [...], "rows": {model: {column: (mean, std, n, lr)}},
+    "held_out": {task,...}, "majority": {column: dev score}}, the learning rate selected per model and
+    task by its mean dev score over seeds."""
+    scored, chosen = _selected(results)
+    tasks = [t for t in GLUE_TASKS if any(t == task for _, task in chosen)]
     columns = [c for t in tasks for c in _columns(t)]
     rows: dict[str, dict] = {}
-    per_seed: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for (model, task), by_lr in by.items():
-        lr = max(by_lr, key=lambda lr: statistics.fmean(r["dev"] for r in by_lr[lr]))
-        chosen = sorted(by_lr[lr], key=lambda r: r["seed"])
+    for (model, task), runs in chosen.items():
         for column, key in zip(_columns(task), (scored, f"{scored}_mm")):
-            rows.setdefault(model, {})[column] = (*_mean_std([r[key] for r in chosen]), len(chosen), lr)
-        for r in chosen:
-            score = (r[scored] + r[f"{scored}_mm"]) / 2 if task == "mnli" else r[scored]  # mnli counts once
-            per_seed[model][r["seed"]].append(score)
-    for model, seeds in per_seed.items():
-        n_tasks = sum(1 for (m, _) in by if m == model)
-        complete = [statistics.fmean(v) for v in seeds.values() if len(v) == n_tasks]
-        if complete:
-            rows[model]["average"] = (*_mean_std(complete), len(complete), None)
+            rows.setdefault(model, {})[column] = (*_mean_std([r[key] for r in runs]), len(runs), runs[0]["lr"])
+    for model, per_column in _per_seed(scored, chosen).items():
+        if per_column["average"]:
+            values = list(per_column["average"].values())
+            rows[model]["average"] = (*_mean_std(values), len(values), None)
     held_out = {r["task"] for r in results if r.get("data", {}).get("dev_held_out_of_validation")}
     majority = {}
     for r in results:
         majority.setdefault(_columns(r["task"])[0], r.get("majority_dev"))
     return {"scored": scored, "columns": columns, "rows": rows, "held_out": held_out, "majority": majority}
+
+
+def gaps(results: list[dict], pairs: list[tuple[str, str]]) -> str:
+    """A Markdown table of the gap A - B, per task and in the average, for each (A, B) pair of models:
+    the difference of the means over seeds (x100), its standard error sqrt(sA^2/nA + sB^2/nB), and the
+    two-sided p-value of Welch's t-test (scipy) over the seeds. Different seeds of A and B are
+    independent fine-tunings, so the test is unpaired."""
+    from scipy import stats
+    scored, chosen = _selected(results)
+    per_seed = _per_seed(scored, chosen)
+    columns = [c for t in GLUE_TASKS if any(t == task for _, task in chosen) for c in _columns(t)] + ["average"]
+    lines = ["| gap (A - B) | " + " | ".join(LABELS.get(c, c) for c in columns) + " |",
+             "|" + "---|" * (len(columns) + 1)]
+    for a, b in pairs:
+        missing = [m for m in (a, b) if m not in per_seed]
+        if missing:
+            raise ValueError(f"--compare: no results for {', '.join(missing)}; models: {', '.join(per_seed)}")
+        cells = []
+        for c in columns:
+            xa, xb = list(per_seed[a].get(c, {}).values()), list(per_seed[b].get(c, {}).values())
+            if len(xa) < 2 or len(xb) < 2:
+                cells.append("")
+                continue
+            gap = statistics.fmean(xa) - statistics.fmean(xb)
+            se = (statistics.variance(xa) / len(xa) + statistics.variance(xb) / len(xb)) ** 0.5
+            p = stats.ttest_ind(xa, xb, equal_var=False).pvalue if se > 0 else float("nan")
+            cells.append(f"{100 * gap:+.1f} ± {100 * se:.1f} (p {p:.2f})")
+        lines.append(f"| {a} - {b} | " + " | ".join(cells) + " |")
+    lines += ["", f"Difference of the mean {scored} scores over seeds, x100, ± its standard error, and the "
+              f"p-value of Welch's t-test over the seeds (unpaired; few seeds make it a rough guide)."]
+    return "\n".join(lines) + "\n"
 
 
 def markdown(summary: dict) -> str:
@@ -154,6 +207,7 @@ def write_summary(results: list[dict], prefix: str | Path) -> str:
 class ReportConfig:
     sweeps: tuple[str, ...] = ()    # the --out_dir of each finetune_glue.py sweep, one row (or more) each
     out: str = "out/glue/summary"   # writes OUT.md and OUT.png
+    compare: tuple[str, ...] = ()   # A:B pairs of models: OUT_gaps.md, the gap A - B per task with its spread
 
 
 def main(cfg: ReportConfig) -> None:
@@ -169,8 +223,23 @@ def main(cfg: ReportConfig) -> None:
         print(f"error: no finished runs (TASK/RUN/result.json) under {', '.join(cfg.sweeps)}",
               file=sys.stderr)
         raise SystemExit(2)
+    pairs = [tuple(pair.split(":")) for pair in cfg.compare]
+    bad = [pair for pair, parsed in zip(cfg.compare, pairs) if len(parsed) != 2 or not all(parsed)]
+    if bad:
+        print(f"error: --compare={bad[0]}: write MODEL_A:MODEL_B (e.g. leaner_llama:ori_llama)", file=sys.stderr)
+        raise SystemExit(2)
+    try:
+        table = gaps(results, pairs) if pairs else ""
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     print(write_summary(results, cfg.out))
     print(f"wrote {Path(cfg.out).with_suffix('.md')} and {Path(cfg.out).with_suffix('.png')}")
+    if pairs:
+        gaps_path = Path(f"{cfg.out}_gaps.md")
+        atomic_write_text(gaps_path, table)
+        print(table)
+        print(f"wrote {gaps_path}")
 
 
 if __name__ == "__main__":

@@ -3,9 +3,16 @@
     python glue_study.py --step=prepare     # leaner and original corpora, one tokenizer (trained on leaner)
     python glue_study.py --step=pretrain    # Llama and Mamba (configs/study_*.py) on each corpus: 4 runs
     python glue_study.py --step=finetune    # Leaner-Glue for the 4 runs and a from-scratch model of each
-    python glue_study.py --step=report      # OUT_DIR/glue/summary.md and .png
+    python glue_study.py --step=report      # OUT_DIR/glue/summary.md, .png and summary_gaps.md (the claims)
     python glue_study.py                    # all four, in order
     python glue_study.py --tiny --out_dir=/tmp/study   # every step on tiny settings: checks the commands
+
+Options for fitting the study to a machine: --pretrain_flags and --finetune_flags are added to every
+train.py / finetune_glue.py command (e.g. --pretrain_flags=--dtype=fp32,--threads=1 on a CPU where
+bf16 is emulated or slower, --finetune_flags=--lrs=1e-3,--epochs=2); --models=NAME,... fine-tunes
+only those models, in that order, so a second process can fine-tune each pre-trained run as soon as
+it is finished while the first is still pre-training the next one (a run that has not finished is
+refused, not fine-tuned). docs/results.md gives the exact commands of the measured study.
 
 Each step runs the project's own commands (printed before they run), so a step is what a user would
 type. Each is resumable: prepared data is kept, a pre-training run that was stopped continues with
@@ -23,7 +30,7 @@ import json
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import config as config_lib
@@ -32,6 +39,11 @@ from config import setting
 
 ARCHS = ("llama", "mamba")
 CORPORA = ("leaner", "ori")
+# The paper's claims, as gaps A - B that glue_report.py tabulates with their spread (summary_gaps.md).
+CLAIMS = [("leaner_llama", "leaner_mamba"), ("ori_llama", "ori_mamba"),            # Llama above Mamba
+          ("leaner_llama", "ori_llama"), ("leaner_mamba", "ori_mamba"),            # leaner above original
+          ("ori_llama", "scratch_llama"), ("ori_mamba", "scratch_mamba"),          # original above scratch
+          ("leaner_llama", "scratch_llama"), ("leaner_mamba", "scratch_mamba")]
 TINY_MODEL = {
     "llama": ["--model.n_layer=1", "--model.n_embd=64", "--model.n_head=4", "--model.n_kv_head=2",
               "--model.ffn_hidden=176"],
@@ -51,6 +63,9 @@ class StudyConfig:
     genres: str = "book,wiki,textbook,conversation"
     tasks: str = "cola,mrpc,rte,stsb,wnli"
     glue_config: str = "configs/glue_cpu.py"
+    models: tuple[str, ...] = field(default_factory=tuple)  # finetune only these, in this order (default all 6)
+    pretrain_flags: tuple[str, ...] = field(default_factory=tuple)  # added to train.py, e.g. --dtype=fp32
+    finetune_flags: tuple[str, ...] = field(default_factory=tuple)  # added to finetune_glue.py, e.g. --lrs=1e-3
     tiny: bool = False       # tiny models, steps and data: for checking that every command works
     dry_run: bool = False    # print the commands without running them
 
@@ -106,7 +121,7 @@ def pretrain(cfg: StudyConfig) -> None:
             data = Path(cfg.out_dir) / "data" / corpus
             resume = ["--resume"] if done is False else []
             run(cfg, "pretrain", ["train.py", f"configs/study_{arch}.py", f"--data_dir={data}",
-                                  f"--out_dir={out}", *tiny, *resume])
+                                  f"--out_dir={out}", *tiny, *resume, *cfg.pretrain_flags])
 
 
 def sweeps(cfg: StudyConfig) -> list[tuple[str, str]]:
@@ -118,17 +133,28 @@ def sweeps(cfg: StudyConfig) -> list[tuple[str, str]]:
 
 
 def finetune(cfg: StudyConfig) -> None:
-    for init_from, name in sweeps(cfg):
+    models = dict((name, init_from) for init_from, name in sweeps(cfg))
+    unknown = [name for name in cfg.models if name not in models]
+    if unknown:
+        raise SystemExit(f"error: --models: unknown {', '.join(unknown)}; valid: {', '.join(models)}")
+    for name in cfg.models or list(models):
+        init_from = models[name]
+        # A stopped pre-training run still has a checkpoint; fine-tuning it would score the wrong model.
+        source = Path(init_from.removeprefix("scratch:"))
+        if not cfg.dry_run and not init_from.startswith("scratch:") and not finished(source):
+            raise SystemExit(f"error: {source} has not finished pre-training (no checkpoint, or one before its last step); run "
+                             f"python glue_study.py --step=pretrain first (it resumes), then this step again")
         run(cfg, "finetune", ["finetune_glue.py", cfg.glue_config, f"--task={cfg.tasks}",
                               f"--init_from={init_from}", f"--name={name}",
                               f"--out_dir={Path(cfg.out_dir) / 'glue' / name}",
-                              *(TINY_FINETUNE if cfg.tiny else [])])
+                              *(TINY_FINETUNE if cfg.tiny else []), *cfg.finetune_flags])
 
 
 def report(cfg: StudyConfig) -> None:
     glue = Path(cfg.out_dir) / "glue"
     folders = ",".join(str(glue / name) for _, name in sweeps(cfg))
-    run(cfg, "report", ["glue_report.py", f"--sweeps={folders}", f"--out={glue / 'summary'}"])
+    run(cfg, "report", ["glue_report.py", f"--sweeps={folders}", f"--out={glue / 'summary'}",
+                        f"--compare={','.join(':'.join(pair) for pair in CLAIMS)}"])
 
 
 def main(cfg: StudyConfig) -> None:

@@ -211,6 +211,31 @@ def test_short_finetune_of_a_pretrained_model_beats_the_majority_class_on_cola(p
     assert (tmp_path / "summary.png").stat().st_size > 1000
 
 
+def test_report_gaps_against_scipy(tmp_path):
+    """--compare: the gap of the selected learning rates' means, its standard error, and Welch's
+    p-value from scipy on the same seeds; an unknown model is an error naming the known ones."""
+    from scipy import stats
+    from glue_report import main, ReportConfig
+    scores = {"a": {1: 0.62, 2: 0.66, 3: 0.61}, "b": {1: 0.55, 2: 0.58, 3: 0.50}}
+    for model, by_seed in scores.items():
+        for seed, dev in by_seed.items():
+            for lr, shift in ((1e-3, 0.0), (1e-4, -0.2)):  # 1e-4 is worse for both: never selected
+                path = tmp_path / model / "rte" / f"lr{lr:g}_seed{seed}" / "result.json"
+                path.parent.mkdir(parents=True)
+                path.write_text(json.dumps({"model": model, "task": "rte", "lr": lr, "seed": seed,
+                                            "dev": dev + shift, "majority_dev": 0.5}))
+    main(ReportConfig(sweeps=(str(tmp_path / "a"), str(tmp_path / "b")), out=str(tmp_path / "summary"),
+                      compare=("a:b",)))
+    a, b = list(scores["a"].values()), list(scores["b"].values())
+    gap = 100 * (sum(a) / 3 - sum(b) / 3)
+    se = 100 * (np.var(a, ddof=1) / 3 + np.var(b, ddof=1) / 3) ** 0.5
+    p = stats.ttest_ind(a, b, equal_var=False).pvalue
+    cell = f"{gap:+.1f} ± {se:.1f} (p {p:.2f})"
+    assert f"| a - b | {cell} | {cell} |" in (tmp_path / "summary_gaps.md").read_text()  # rte, average
+    with pytest.raises(SystemExit):
+        main(ReportConfig(sweeps=(str(tmp_path / "a"),), out=str(tmp_path / "s2"), compare=("a:b",)))
+
+
 def test_the_selected_step_is_what_the_test_file_scores(pretrained, shared_data, tmp_path):
     """With a test file (here the dev file itself), the test score is that of the selected step."""
     import finetune_glue
@@ -374,6 +399,26 @@ def test_study_commands(tmp_path):
         ["finetune_glue.py"] * 6 + ["glue_report.py"]
     assert f"--init_from=scratch:{tmp_path}/leaner_mamba --name=scratch_mamba" in commands[-2]
     assert not (tmp_path / "times.jsonl").exists()
+
+
+def test_study_flags_and_model_order(tmp_path):
+    """--pretrain_flags and --finetune_flags reach the commands; --models picks and orders the sweeps;
+    an unknown model and a pre-training run that has not finished are refused before any compute."""
+    out = run_script("glue_study.py", f"--out_dir={tmp_path}", "--dry_run", "--step=pretrain",
+                     "--pretrain_flags=--dtype=fp32,--threads=1").stdout
+    assert all(line.endswith(" --dtype=fp32 --threads=1") for line in out.splitlines() if line.startswith("$ "))
+    out = run_script("glue_study.py", f"--out_dir={tmp_path}", "--dry_run", "--step=finetune",
+                     "--models=scratch_mamba,ori_llama", "--finetune_flags=--lrs=1e-3,--epochs=2").stdout
+    commands = [line for line in out.splitlines() if line.startswith("$ ")]
+    assert [c.split("--name=")[1].split()[0] for c in commands] == ["scratch_mamba", "ori_llama"]
+    assert all(c.endswith(" --lrs=1e-3 --epochs=2") for c in commands)
+    bad = run_script("glue_study.py", f"--out_dir={tmp_path}", "--step=finetune", "--models=llama", check=False)
+    assert bad.returncode != 0 and "unknown llama; valid: leaner_llama, ori_llama" in bad.stderr
+    early = run_script("glue_study.py", f"--out_dir={tmp_path}", "--step=finetune", "--models=ori_llama",
+                       check=False)
+    assert early.returncode != 0 and f"{tmp_path}/ori_llama has not finished pre-training" in early.stderr
+    assert "no checkpoint, or one before its last step" in early.stderr
+    assert not (tmp_path / "glue").exists()
 
 
 @pytest.mark.slow
