@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import config as config_lib
-from atomic import append_line
+from atomic import append_line, atomic_write_text
 from config import setting
 
 ARCHS = ("llama", "mamba")
@@ -150,7 +150,50 @@ def finetune(cfg: StudyConfig) -> None:
                               *(TINY_FINETUNE if cfg.tiny else []), *cfg.finetune_flags])
 
 
+def pretrain_report(cfg: StudyConfig) -> None:
+    """OUT_DIR/pretrain.md and .png: the four pre-training runs' validation loss in nats per token and
+    in bits per byte (comparable across the two corpora, whose bytes per token differ), against step."""
+    import math
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from data.tokens import read_meta, tokens_per_byte
+    from metrics import read_metrics, save_figure
+    out = Path(cfg.out_dir)
+    lines = ["| run | steps | training tokens | final val loss (nats/token) | final val bits/byte | "
+             "mean tokens/s |", "|---|---:|---:|---:|---:|---:|"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    for arch in ARCHS:
+        for corpus in CORPORA:
+            name = f"{corpus}_{arch}"
+            if not finished(out / name):
+                continue
+            rows = read_metrics(out / name / "metrics.jsonl")
+            bits = math.log2(math.e) * tokens_per_byte(read_meta(out / "data" / corpus), "validation")
+            evals = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
+            speeds = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][1:]  # the first is warm-up
+            lines.append(f"| {name} | {rows[-1]['step']:,} | {rows[-1].get('tokens', 0):,} | {evals[-1][1]:.3f} | "
+                         f"{evals[-1][1] * bits:.3f} | {sum(speeds) / max(1, len(speeds)):,.0f} |")
+            ax.plot([s for s, _ in evals], [v * bits for _, v in evals], marker="o", label=name,
+                    linestyle="-" if corpus == "leaner" else "--")
+    if len(lines) == 2:
+        return
+    ax.set_xlabel("step")
+    ax.set_ylabel("validation bits per byte")
+    ax.set_title("Pre-training of the Leaner-Glue study (own corpus's validation split)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    save_figure(fig, out / "pretrain.png")
+    lines += ["", "Validation loss of each run on its own corpus's validation split (leaner or original), "
+              "so the nats per token compare only within a corpus; bits per byte compare across them."]
+    atomic_write_text(out / "pretrain.md", "\n".join(lines) + "\n")
+    print("\n".join(lines) + f"\nwrote {out / 'pretrain.md'} and {out / 'pretrain.png'}", flush=True)
+
+
 def report(cfg: StudyConfig) -> None:
+    if not cfg.dry_run:
+        pretrain_report(cfg)
     glue = Path(cfg.out_dir) / "glue"
     folders = ",".join(str(glue / name) for _, name in sweeps(cfg))
     run(cfg, "report", ["glue_report.py", f"--sweeps={folders}", f"--out={glue / 'summary'}",

@@ -144,7 +144,7 @@ def generation_speed(model, eot_id: int, n: int, device) -> float:
 def train_one(cfg: SweepConfig, train_cfg, model_cfg: LlamaConfig, seed: int, budget: int,
               ratio_asked: float) -> dict:
     import train
-    from data.tokens import read_meta
+    from data.tokens import read_meta, tokens_per_byte
     run_dir = Path(cfg.out_dir) / run_name(model_cfg, seed)
     result_path = run_dir / "result.json"
     if result_path.is_file():
@@ -163,15 +163,14 @@ def train_one(cfg: SweepConfig, train_cfg, model_cfg: LlamaConfig, seed: int, bu
     rows = read_metrics(run_dir / "metrics.jsonl")
     speeds = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
     val_loss = [r["val_loss"] for r in rows if "val_loss" in r][-1]
-    val = read_meta(train_cfg.data_dir)["splits"]["validation"]
-    tokens_per_byte = val["tokens"] / (val["bytes"] + val["documents"])  # the eot counts as one byte
+    val_tokens_per_byte = tokens_per_byte(read_meta(train_cfg.data_dir), "validation")
     result = {"name": run_dir.name, "n_layer": model_cfg.n_layer, "n_embd": model_cfg.n_embd,
               "n_head": model_cfg.n_head, "n_kv_head": model_cfg.n_kv_head,
               "ffn_hidden": model_cfg.ffn_hidden, "ffn_ratio": model_cfg.ffn_hidden / model_cfg.n_embd,
               "ffn_ratio_asked": ratio_asked, "seed": seed,
               "non_embedding_params": non_embedding(model_cfg), "budget": budget, "steps": steps,
               "train_tokens": trainer.tokens_seen, "val_loss": val_loss,
-              "bits_per_byte": val_loss * tokens_per_byte / math.log(2),
+              "bits_per_byte": val_loss * val_tokens_per_byte / math.log(2),
               "train_tokens_per_s": statistics.mean(speeds[1:] or speeds),
               "gen_tokens_per_s": generation_speed(trainer.model, read_meta(train_cfg.data_dir)["eot_id"],
                                                    cfg.gen_tokens, trainer.device)}

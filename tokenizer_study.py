@@ -71,15 +71,10 @@ def prepared(cfg: TokenizerStudyConfig, tokenizer: str) -> Path:
     return folder
 
 
-def tokens_per_byte(meta: dict) -> float:
-    train = meta["splits"]["train"]
-    return train["tokens"] / (train["bytes"] + train["documents"])
-
-
 def run_one(cfg: TokenizerStudyConfig, train_cfg, tokenizer: str, seed: int, reference_tpb: float) -> dict:
     import evaluate
     import train
-    from data.tokens import read_meta
+    from data.tokens import read_meta, tokens_per_byte
     folder = Path(cfg.out_dir) / f"{slug(tokenizer)}_seed{seed}"
     if (folder / "result.json").is_file():
         print(f"{folder.name}: done, skipped")
@@ -88,7 +83,7 @@ def run_one(cfg: TokenizerStudyConfig, train_cfg, tokenizer: str, seed: int, ref
     meta = read_meta(data_dir)
     steps = train_cfg.max_steps
     if cfg.equal == "bytes":  # the same bytes as the reference run: steps scale with tokens per byte
-        steps = max(1, round(train_cfg.max_steps * tokens_per_byte(meta) / reference_tpb))
+        steps = max(1, round(train_cfg.max_steps * tokens_per_byte(meta, "train") / reference_tpb))
     run_dir = folder / "run"
     model = dataclasses.replace(train_cfg.model, vocab_size=meta["vocab_size"])
     run_cfg = dataclasses.replace(train_cfg, model=model, data_dir=str(data_dir), out_dir=str(run_dir),
@@ -103,7 +98,7 @@ def run_one(cfg: TokenizerStudyConfig, train_cfg, tokenizer: str, seed: int, ref
     speeds = [r["tokens_per_s"] for r in read_metrics(run_dir / "metrics.jsonl") if "tokens_per_s" in r]
     result = {"tokenizer": tokenizer, "name": meta["tokenizer_name"], "vocab_size": meta["vocab_size"],
               "seed": seed, "steps": steps, "train_tokens": trainer.tokens_seen,
-              "train_tokens_per_byte": tokens_per_byte(meta),
+              "train_tokens_per_byte": tokens_per_byte(meta, "train"),
               "non_embedding_params": trainer.model.num_params(),
               "params": trainer.model.num_params(non_embedding=False),
               "val_bits_per_byte": scores["bits_per_byte"], "val_loss": scores["loss"],
@@ -143,14 +138,14 @@ def table(rows: list[dict]) -> str:
 
 def study(cfg: TokenizerStudyConfig) -> list[dict]:
     import trainer
-    from data.tokens import read_meta
+    from data.tokens import read_meta, tokens_per_byte
     out_dir = Path(cfg.out_dir)
     order = [t.strip() for t in cfg.tokenizers.split(",") if t.strip()]
     if not cfg.report_only:
         if not Path(cfg.base).is_file():
             raise config_lib.ConfigError(f"--base={cfg.base}: no such training config file")
         train_cfg = config_lib.parse_args(trainer.TrainConfig(), [cfg.base, *shlex.split(cfg.train_args)])
-        reference = tokens_per_byte(read_meta(prepared(cfg, order[0])))
+        reference = tokens_per_byte(read_meta(prepared(cfg, order[0])), "train")
         for seed in (int(s) for s in cfg.seeds.split(",")):
             for tok in order:
                 run_one(cfg, train_cfg, tok, seed, reference)

@@ -33,6 +33,13 @@ def read_meta(data_dir: str | Path) -> dict:
     return json.loads(path.read_text())
 
 
+def tokens_per_byte(meta: dict, split: str) -> float:
+    """Tokens per byte of text of one split (each document's end-of-text counts as one byte); a loss in
+    nats per token times this, over ln 2, is bits per byte, which compares across tokenizers and corpora."""
+    counts = meta["splits"][split]
+    return counts["tokens"] / (counts["bytes"] + counts["documents"])
+
+
 def open_tokens(data_dir: str | Path, split: str) -> np.ndarray:
     """Memory-mapped token stream of one split (no copy: the OS pages it in as needed)."""
     meta = read_meta(data_dir)

@@ -429,6 +429,11 @@ def test_the_whole_study_on_tiny_settings_and_its_resume(tmp_path):
     for name in ("leaner_llama", "ori_llama", "leaner_mamba", "ori_mamba", "scratch_llama", "scratch_mamba"):
         assert f"| {name} |" in table
     assert "| model | cola (MCC) | mrpc (F1/acc) | stsb (P/S corr) | rte (acc) | wnli (acc) | average |" in table
+    assert "| leaner_llama - leaner_mamba |" in (tmp_path / "glue" / "summary_gaps.md").read_text()
+    pretraining = (tmp_path / "pretrain.md").read_text()
+    for name in ("leaner_llama", "ori_llama", "leaner_mamba", "ori_mamba"):
+        assert f"| {name} | 8 | 2,048 |" in pretraining
+    assert (tmp_path / "pretrain.png").stat().st_size > 1000
     times = (tmp_path / "times.jsonl").read_text().splitlines()
     again = run_script("glue_study.py", "--tiny", f"--out_dir={tmp_path}").stdout
     assert "prepared earlier" in again and "trained earlier" in again and "0 of 5 runs to do" in again
