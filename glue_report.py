@@ -109,7 +109,8 @@ def gaps(results: list[dict], pairs: list[tuple[str, str]]) -> str:
     scored, chosen = _selected(results)
     per_seed = _per_seed(scored, chosen)
     columns = [c for t in GLUE_TASKS if any(t == task for _, task in chosen) for c in _columns(t)] + ["average"]
-    lines = ["| gap (A - B) | " + " | ".join(LABELS.get(c, c) for c in columns) + " |",
+    lines = ["| gap (A - B) | " + " | ".join(c if c == "average" else LABELS.get(c, f"{c} (acc)")
+                                            for c in columns) + " |",
              "|" + "---|" * (len(columns) + 1)]
     for a, b in pairs:
         missing = [m for m in (a, b) if m not in per_seed]

@@ -48,7 +48,7 @@ TINY_MODEL = {
     "llama": ["--model.n_layer=1", "--model.n_embd=64", "--model.n_head=4", "--model.n_kv_head=2",
               "--model.ffn_hidden=176"],
     "mamba": ["--model.n_layer=1", "--model.n_embd=64", "--model.d_state=16", "--model.headdim=16",
-              "--model.chunk_size=16", "--model.mlp_hidden=128"],
+              "--model.chunk_size=16", "--model.mlp_hidden=128", "--compile=False"],  # checks commands, not speed
 }
 TINY_PRETRAIN = ["--max_steps=8", "--eval_every=8", "--eval_steps=1", "--ckpt_every=8", "--batch_size=4",
                  "--seq_len=64", "--sample_tokens=0", "--warmup_steps=2", "--log_every=4"]
