@@ -61,6 +61,11 @@ def _selected(results: list[dict]) -> tuple[str, dict]:
     return scored, chosen
 
 
+def _task_columns(chosen: dict) -> list[str]:
+    """The table's score columns for the tasks present, in GLUE order (mnli as matched, mismatched)."""
+    return [c for t in GLUE_TASKS if any(t == task for _, task in chosen) for c in _columns(t)]
+
+
 def _per_seed(scored: str, chosen: dict) -> dict[str, dict[str, dict[int, float]]]:
     """{model: {column or "average": {seed: score}}}; the average only for seeds that have every task
     of the model (mnli counts once, as the mean of matched and mismatched)."""
@@ -83,8 +88,7 @@ def summarize(results: list[dict]) -> dict:
     "held_out": {task,...}, "majority": {column: dev score}}, the learning rate selected per model and
     task by its mean dev score over seeds."""
     scored, chosen = _selected(results)
-    tasks = [t for t in GLUE_TASKS if any(t == task for _, task in chosen)]
-    columns = [c for t in tasks for c in _columns(t)]
+    columns = _task_columns(chosen)
     rows: dict[str, dict] = {}
     for (model, task), runs in chosen.items():
         for column, key in zip(_columns(task), (scored, f"{scored}_mm")):
@@ -108,7 +112,7 @@ def gaps(results: list[dict], pairs: list[tuple[str, str]]) -> str:
     from scipy import stats
     scored, chosen = _selected(results)
     per_seed = _per_seed(scored, chosen)
-    columns = [c for t in GLUE_TASKS if any(t == task for _, task in chosen) for c in _columns(t)] + ["average"]
+    columns = _task_columns(chosen) + ["average"]
     lines = ["| gap (A - B) | " + " | ".join(c if c == "average" else LABELS.get(c, f"{c} (acc)")
                                             for c in columns) + " |",
              "|" + "---|" * (len(columns) + 1)]

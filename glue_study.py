@@ -140,10 +140,10 @@ def finetune(cfg: StudyConfig) -> None:
     for name in cfg.models or list(models):
         init_from = models[name]
         # A stopped pre-training run still has a checkpoint; fine-tuning it would score the wrong model.
-        source = Path(init_from.removeprefix("scratch:"))
-        if not cfg.dry_run and not init_from.startswith("scratch:") and not finished(source):
-            raise SystemExit(f"error: {source} has not finished pre-training (no checkpoint, or one before its last step); run "
-                             f"python glue_study.py --step=pretrain first (it resumes), then this step again")
+        if not cfg.dry_run and not init_from.startswith("scratch:") and not finished(Path(init_from)):
+            raise SystemExit(f"error: {init_from} has not finished pre-training (no checkpoint, or one before "
+                             f"its last step); run python glue_study.py --step=pretrain first (it resumes), "
+                             f"then this step again")
         run(cfg, "finetune", ["finetune_glue.py", cfg.glue_config, f"--task={cfg.tasks}",
                               f"--init_from={init_from}", f"--name={name}",
                               f"--out_dir={Path(cfg.out_dir) / 'glue' / name}",
