@@ -11,7 +11,7 @@ import math
 import torch
 import torch.nn as nn
 
-import kernels
+import tinykernels
 from sampling import sample_next_token
 
 
@@ -33,9 +33,9 @@ class Linear(nn.Module):
 
 
 class RMSNorm(nn.Module):
-    """x / sqrt(mean(x²) + eps) * weight over the last dimension (kernels.rms_norm; under CPU
+    """x / sqrt(mean(x²) + eps) * weight over the last dimension (tinykernels.rms_norm; under CPU
     autocast it returns the autocast dtype for the matmul it feeds). backend forces Triton or
-    PyTorch (kernels/backend.py)."""
+    PyTorch (tinykernels/backend.py)."""
 
     def __init__(self, dim: int, eps: float, backend: str = "auto"):
         super().__init__()
@@ -44,7 +44,7 @@ class RMSNorm(nn.Module):
         self.weight._no_weight_decay = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return kernels.rms_norm(x, self.weight, self.eps, self.backend)
+        return tinykernels.rms_norm(x, self.weight, self.eps, self.backend)
 
 
 class GatedMLP(nn.Module):
@@ -58,7 +58,7 @@ class GatedMLP(nn.Module):
         self.down = Linear(hidden, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down(kernels.swiglu(self.gate_up(x)))
+        return self.down(tinykernels.swiglu(self.gate_up(x)))
 
     def split_for_export(self) -> dict[str, torch.Tensor]:
         """gate_proj, up_proj and down_proj, as transformers names them, in nn.Linear's (out, in) layout."""

@@ -26,10 +26,10 @@ vectorised op, about 3x faster than the "rotate half" form (pairs j and j + Dh/2
 which attention scores do not depend on, so export and import permute the q/k rows and the logits
 stay the same (interop.py, which also transposes the matrices and splits q/k/v and gate/up).
 
-Where the speed is. The model calls four ops from kernels/: attention, rms_norm, swiglu and
+Where the speed is. The model calls four ops from tinykernels/: attention, rms_norm, swiglu and
 cross_entropy. Each picks fused C kernels on CPU, Triton on CUDA or PyTorch, and the plain formula
-under torch.compile (kernels/ops.py has the table). Generation's one-token step is this forward
-pass written out for one position, with weights packed for streaming (kernels/decode.py).
+under torch.compile (tinykernels/ops.py has the table). Generation's one-token step is this forward
+pass written out for one position, with weights packed for streaming (tinykernels/decode.py).
 
 Initialisation: every matrix (embedding, projections, head) ~ N(0, init_std), norms at 1, no
 biases anywhere. The two projections that write into the residual stream (attention out and MLP
@@ -50,8 +50,8 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from kernels import attention, cross_entropy
-from kernels.decode import KVCache, decode_step
+from tinykernels import attention, cross_entropy
+from tinykernels.decode import KVCache, decode_step
 from model_common import GatedMLP, LanguageModel, Linear, RMSNorm
 
 __all__ = ["KVCache", "Llama", "LlamaConfig", "rotary_table"]
@@ -82,7 +82,7 @@ class LlamaConfig:
 
 
 def rotary_table(head_dim: int, max_seq_len: int, theta: float) -> torch.Tensor:
-    """(max_seq_len, 1, Dh/2, 2) float32: cos and sin of position x frequency, for kernels.apply_rotary.
+    """(max_seq_len, 1, Dh/2, 2) float32: cos and sin of position x frequency, for tinykernels.apply_rotary.
 
     Frequency j is theta^(-2j/Dh): the first pairs of a head turn fast (local order), the last
     slowly (long range). The angles are computed in fp32 exactly as `transformers` computes them, so
@@ -105,7 +105,7 @@ class Attention(nn.Module):
     def forward(self, x, rope, layer: int = 0, kv_cache: KVCache | None = None, start_pos: int = 0,
                 mask: torch.Tensor | None = None):
         """x (B, T, D) -> (B, T, D). qkv (B, T, (H + 2K)·Dh) holds every head's query, key and
-        value; kernels.attention rotates q and k by position (rope) and runs causal attention:
+        value; tinykernels.attention rotates q and k by position (rope) and runs causal attention:
         softmax(q·kᵀ / sqrt(Dh)) · v, each position seeing itself and the positions before it."""
         y = attention(self.qkv(x), rope, self.n_head, self.n_kv_head, kv_cache, layer, start_pos, mask)
         return self.out(y)  # (B, T, H·Dh) -> (B, T, D)
@@ -219,7 +219,7 @@ class Llama(LanguageModel):
 
     def decode_step(self, tokens: torch.Tensor, cache: KVCache, pos: int) -> torch.Tensor:
         """tokens (B,) at position pos -> next-token logits (B, V), the cache holding positions
-        0..pos-1: forward() for one position, written out for speed (kernels/decode.py)."""
+        0..pos-1: forward() for one position, written out for speed (tinykernels/decode.py)."""
         return decode_step(self, tokens, cache, pos)
 
     # ---------------------------------------------------------------- transformers format (interop.py)

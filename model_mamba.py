@@ -12,7 +12,7 @@ The mixers:
     (dt, B, C) so that they depend on the input; the selective scan per channel (state (E, N));
     a D skip; gating by SiLU(z); out-projection.
   Mamba-2: one in-projection to (z, x|B|C, dt); the conv runs over x, B and C together; one decay
-    per head; the chunked state-space-duality scan (kernels/ssd.py, all matmuls); a D skip; an
+    per head; the chunked state-space-duality scan (tinykernels/ssd.py, all matmuls); a D skip; an
     RMSNorm of y * SiLU(z); out-projection.
 
 Generation carries, per layer, the last K-1 conv inputs and the SSM state, so each new token costs
@@ -32,8 +32,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import kernels
-from kernels import cross_entropy
+import tinykernels
+from tinykernels import cross_entropy
 from model_common import GatedMLP, LanguageModel, RMSNorm
 
 
@@ -63,8 +63,8 @@ class MambaConfig:
     def __post_init__(self):
         if self.mixer not in ("mamba1", "mamba2"):
             raise ValueError(f"mixer must be 'mamba1' or 'mamba2', got {self.mixer!r}")
-        if self.scan_backend not in kernels.BACKENDS:
-            raise ValueError(f"scan_backend must be one of {kernels.BACKENDS}, got {self.scan_backend!r}")
+        if self.scan_backend not in tinykernels.BACKENDS:
+            raise ValueError(f"scan_backend must be one of {tinykernels.BACKENDS}, got {self.scan_backend!r}")
         if self.mixer == "mamba2" and (self.d_inner % self.headdim or self.nheads % self.n_groups):
             raise ValueError(f"Mamba-2 needs expand * n_embd ({self.d_inner}) divisible by headdim "
                              f"({self.headdim}) and the heads divisible by n_groups ({self.n_groups})")
@@ -154,7 +154,7 @@ class Mamba1Mixer(nn.Module):
         x = F.silu(x)
         dt, B, C = self._ssm_inputs(x)
         dt = _zero_padding(dt, real)
-        y, h = kernels.selective_scan(x, dt, -torch.exp(self.A_log.float()), B, C, self.cfg.scan_backend)
+        y, h = tinykernels.selective_scan(x, dt, -torch.exp(self.A_log.float()), B, C, self.cfg.scan_backend)
         y = (y + x * self.D) * F.silu(z)
         return self.out_proj(y.to(u.dtype)), (window, h)
 
@@ -210,7 +210,7 @@ class Mamba2Mixer(nn.Module):
 
     def forward(self, u, state=None, real=None):
         z, x, dt, B, C, window = self._split(u, None, real)
-        y, h = kernels.ssd_chunked(x, dt, -torch.exp(self.A_log.float()), B, C, self.cfg.chunk_size)
+        y, h = tinykernels.ssd_chunked(x, dt, -torch.exp(self.A_log.float()), B, C, self.cfg.chunk_size)
         return self._out(y.float(), x, z, u), (window, h)
 
     def step(self, u, state):

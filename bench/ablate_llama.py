@@ -28,7 +28,7 @@ import torch  # noqa: E402
 import config  # noqa: E402
 import model_common  # noqa: E402
 import model_llama  # noqa: E402
-from kernels import attention_cpu, ops  # noqa: E402
+from tinykernels import attention_cpu, ops  # noqa: E402
 from machine import keep_freed_memory_mapped  # noqa: E402
 
 
@@ -50,7 +50,7 @@ def _heads_of(qkv: torch.Tensor, rope: torch.Tensor, n_head: int, n_kv_head: int
 
 
 # name: (object, attribute, stand-in); each stand-in keeps the shapes and dtypes flowing on.
-# Training attention on CPU (kernels.attention) is attention_cpu.causal_attention in both
+# Training attention on CPU (tinykernels.attention) is attention_cpu.causal_attention in both
 # precisions, rotary included: the fp32 C kernel, or bf16 batched matmuls with fused kernels.
 STAND_INS = {
     "RMSNorm (17 per step)": (model_common.RMSNorm, "forward", lambda self, x: x.to(_autocast_dtype(x), copy=True)),

@@ -5,8 +5,8 @@
 
 Shapes: B batch, L length, D channels, N state size. Each measurement runs in a fresh process, so
 its peak memory (the growth of the resident set during the call, over the inputs already there)
-is its own. "chunked" is the PyTorch path of kernels.selective_scan (what CPU training uses);
-"sequential" is kernels.selective_scan_reference under autograd. Both get the same inputs and
+is its own. "chunked" is the PyTorch path of tinykernels.selective_scan (what CPU training uses);
+"sequential" is tinykernels.selective_scan_reference under autograd. Both get the same inputs and
 the same upstream gradients. Timing is the best of a few repeats; the sequential one at long
 lengths runs once. The machine may be shared: compare the two columns of one run, not runs.
 """
@@ -36,7 +36,7 @@ def measure(method: str, batch: int, length: int, channels: int, state: int, rep
     if threads:
         torch.set_num_threads(threads)
     sys.path.insert(0, str(REPO))
-    import kernels
+    import tinykernels
 
     g = torch.Generator().manual_seed(0)
     x = torch.randn(batch, length, channels, generator=g)
@@ -46,10 +46,10 @@ def measure(method: str, batch: int, length: int, channels: int, state: int, rep
     C = torch.randn(batch, length, state, generator=g)
     gy = torch.randn(batch, length, channels, generator=g)
     inputs = [t.requires_grad_() for t in (x, dt, A, B, C)]
-    fn = (lambda: kernels.selective_scan(*inputs, backend="torch")) if method == "chunked" else \
-        (lambda: kernels.selective_scan_reference(*inputs))
+    fn = (lambda: tinykernels.selective_scan(*inputs, backend="torch")) if method == "chunked" else \
+        (lambda: tinykernels.selective_scan_reference(*inputs))
     small = [t.detach()[:1, :8].clone().requires_grad_() if t.dim() == 3 else t for t in inputs]
-    torch.autograd.grad(kernels.selective_scan(*small, backend="torch")[0].sum(), small[:2])  # one-time setup
+    torch.autograd.grad(tinykernels.selective_scan(*small, backend="torch")[0].sum(), small[:2])  # one-time setup
     before = _rss_bytes()
     times = []
     for _ in range(repeats):

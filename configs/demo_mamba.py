@@ -7,7 +7,7 @@
 The same family as the paper's Mamba (Mamba-2 mixers, each followed by a gated MLP, untied
 embeddings), scaled down like configs/demo_llama.py (2.4M non-embedding parameters against its 2.9M)
 and trained with its recipe: 16 x 256-token batches, the same learning rates. The Mamba-2 scan is
-chunked matmuls (kernels/ssd.py); measured interleaved with the Llama demo on the shared 2-core
+chunked matmuls (tinykernels/ssd.py); measured interleaved with the Llama demo on the shared 2-core
 machine it trains at 0.79x the Llama demo's tokens/s, so it takes 320 steps (1.3M tokens, about 70%
 of a pass over the local leaner train split) to fit the same ten minutes. For a Mamba-1 demo, add --model.mixer=mamba1 --model.d_state=16 --model.mlp_hidden=0.
 """

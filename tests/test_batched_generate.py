@@ -71,7 +71,7 @@ def test_llama_batched_mixed_lengths_equal_one_at_a_time(n_kv_head):
 def test_llama_padded_logits_equal_unpadded_logits_on_the_pytorch_step(monkeypatch):
     """The left-padded step against each row alone at the logit level, with the C kernels off (the
     PyTorch decoding path): the padding changes nothing but float rounding."""
-    from kernels import fused_cpu
+    from tinykernels import fused_cpu
     monkeypatch.setattr(fused_cpu, "applies", lambda *a, **k: False)
     model = _llama()
     prompts = _prompts(97, seed=3)

@@ -1,4 +1,4 @@
-"""The fused CPU kernels (kernels/fused_cpu.c) and what is built on them, against PyTorch's own ops
+"""The fused CPU kernels (tinykernels/fused_cpu.c) and what is built on them, against PyTorch's own ops
 and autograd as oracles: RMSNorm, SwiGLU, cross-entropy, rotary + causal attention."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import kernels
-from kernels import apply_rotary, attention_cpu, cross_entropy, fused_cpu, swiglu
+import tinykernels
+from tinykernels import apply_rotary, attention_cpu, cross_entropy, fused_cpu, swiglu
 from model_llama import rotary_table
 
 REPO = Path(__file__).resolve().parents[1]
@@ -41,9 +41,9 @@ def test_rms_norm_matches_autograd_reference(x_dtype, out_dtype):
     x = (torch.randn(5, 7, 41) * 3).to(x_dtype).requires_grad_()  # 35 rows: uneven across threads
     w = (torch.rand(41) + 0.5).requires_grad_()
     gy = torch.randn(5, 7, 41).to(out_dtype)
-    y = kernels.rms_norm(x, w, 1e-5, out_dtype=out_dtype)
+    y = tinykernels.rms_norm(x, w, 1e-5, out_dtype=out_dtype)
     got = torch.autograd.grad(y, (x, w), gy)
-    want_y = kernels.rms_norm_reference(x.float(), w, 1e-5)
+    want_y = tinykernels.rms_norm_reference(x.float(), w, 1e-5)
     want = torch.autograd.grad(want_y, (x, w), gy.float())
     assert y.dtype == out_dtype and got[0].dtype == x_dtype
     if out_dtype == torch.float32:
@@ -190,7 +190,7 @@ def run_python(code: str, **env) -> subprocess.CompletedProcess:
 
 TRAIN_ONE_STEP = (
     "import warnings, torch\n"
-    "from kernels import fused_cpu\n"
+    "from tinykernels import fused_cpu\n"
     "from model_llama import Llama, LlamaConfig\n"
     "m = Llama(LlamaConfig(vocab_size=50, n_layer=1, n_embd=32, n_head=2, n_kv_head=1, ffn_hidden=64))\n"
     "x = torch.randint(0, 50, (2, 9))\n"

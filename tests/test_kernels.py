@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-import kernels
-from kernels import scan_chunked
+import tinykernels
+from tinykernels import scan_chunked
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +32,7 @@ def assert_rel_close(got, want, tol=2e-5, name=""):
 
 
 def reference_grads(inputs, gy, g_last):
-    y, h = kernels.selective_scan_reference(*inputs)
+    y, h = tinykernels.selective_scan_reference(*inputs)
     return y, h, torch.autograd.grad((y * gy).sum() + (h * g_last).sum(), inputs)
 
 
@@ -78,7 +78,7 @@ def test_chunked_scan_step_recurrence_at_chunk_edges(chunk):
     with torch.no_grad():
         inputs[1][1, 4] = 2000.0
     gy = torch.randn(2, 11, 5)
-    y_ref, _ = kernels.selective_scan_reference(*inputs)
+    y_ref, _ = tinykernels.selective_scan_reference(*inputs)
     want = torch.autograd.grad((y_ref * gy).sum(), inputs)
     plain = [t.detach() for t in inputs]
     y, _, states = scan_chunked.scan_forward(*plain, chunk=chunk)
@@ -93,15 +93,15 @@ def test_selective_scan_op_autograd_and_outputs():
     inputs = scan_inputs(3, 70, 5, 4, seed=1)  # 70 steps: full 32-step chunks and a partial one
     gy, g_last = torch.randn(3, 70, 5), torch.randn(3, 5, 4)
     y_ref, h_ref, want = reference_grads(inputs, gy, g_last)
-    y, h = kernels.selective_scan(*inputs, backend="torch")
+    y, h = tinykernels.selective_scan(*inputs, backend="torch")
     assert_rel_close(y, y_ref)
     got = torch.autograd.grad((y * gy).sum() + (h * g_last).sum(), inputs)
     for name, g, w in zip("x dt A B C".split(), got, want):
         assert_rel_close(g, w, name=name)
     # Only y used: the op's backward gets no gradient for the state and must cope.
-    y, _ = kernels.selective_scan(*inputs, backend="torch")
+    y, _ = tinykernels.selective_scan(*inputs, backend="torch")
     got = torch.autograd.grad((y * gy).sum(), inputs)
-    y_ref, _ = kernels.selective_scan_reference(*inputs)
+    y_ref, _ = tinykernels.selective_scan_reference(*inputs)
     want = torch.autograd.grad((y_ref * gy).sum(), inputs)
     assert_rel_close(got[1], want[1], name="dt, y only")
 
@@ -116,9 +116,9 @@ def test_ssd_matches_step_by_step_recurrence():
     C = torch.randn(batch, length, groups, n, generator=g)
     inputs = [t.requires_grad_() for t in (x, dt, A, B, C)]
     gy = torch.randn(batch, length, heads, p)
-    y_ref, h_ref = kernels.ssd_reference(*inputs)
+    y_ref, h_ref = tinykernels.ssd_reference(*inputs)
     want = torch.autograd.grad((y_ref * gy).sum() + h_ref.sum(), inputs)
-    y, h = kernels.ssd_chunked(*inputs, chunk=16)
+    y, h = tinykernels.ssd_chunked(*inputs, chunk=16)
     got = torch.autograd.grad((y * gy).sum() + h.sum(), inputs)
     assert_rel_close(y, y_ref, name="y")
     assert_rel_close(h, h_ref, name="state")
@@ -134,9 +134,9 @@ def test_rms_norm_op_matches_reference(dtype, backend):
     x = torch.randn(4, 9, 33).to(dtype).requires_grad_()
     w = (torch.rand(33) + 0.5).requires_grad_()
     gy = torch.randn_like(x)
-    want_y = kernels.rms_norm_reference(x, w, 1e-6)
+    want_y = tinykernels.rms_norm_reference(x, w, 1e-6)
     want = torch.autograd.grad((want_y.float() * gy.float()).sum(), (x, w))
-    y = kernels.rms_norm(x, w, 1e-6, backend)
+    y = tinykernels.rms_norm(x, w, 1e-6, backend)
     got = torch.autograd.grad((y.float() * gy.float()).sum(), (x, w))
     assert y.dtype == dtype
     tol = {} if dtype == torch.float32 else {"tol": 2e-2}
@@ -151,8 +151,8 @@ def test_custom_ops_compile_without_graph_breaks():
     w = torch.rand(6) + 0.5
 
     def f(x, dt, A, B, C, w):
-        y, h = kernels.selective_scan(x, dt, A, B, C)
-        return kernels.rms_norm(y, w).sum() + h.sum()
+        y, h = tinykernels.selective_scan(x, dt, A, B, C)
+        return tinykernels.rms_norm(y, w).sum() + h.sum()
 
     compiled = torch.compile(f, fullgraph=True, backend="aot_eager")  # fullgraph: a break would raise
     args = [t.clone().requires_grad_() for t in (x, dt, A, B, C, w)]
@@ -165,13 +165,13 @@ def test_custom_ops_compile_without_graph_breaks():
 
 def test_backend_switch_is_checked():
     x = torch.zeros(1)
-    assert kernels.use_triton(x, "torch") is False
+    assert tinykernels.use_triton(x, "torch") is False
     with pytest.raises(ValueError, match="backend"):
-        kernels.use_triton(x, "cuda")
-    if not kernels.interpreting():
-        assert kernels.use_triton(x, "auto") is False  # CPU tensors take the PyTorch path
+        tinykernels.use_triton(x, "cuda")
+    if not tinykernels.interpreting():
+        assert tinykernels.use_triton(x, "auto") is False  # CPU tensors take the PyTorch path
         with pytest.raises(RuntimeError, match="TRITON_INTERPRET"):
-            kernels.use_triton(x, "triton")
+            tinykernels.use_triton(x, "triton")
 
 
 def test_kernels_work_without_triton():
@@ -179,12 +179,12 @@ def test_kernels_work_without_triton():
     code = (
         "import sys; sys.modules['triton'] = None\n"  # any `import triton` now fails
         "import importlib.util as u; u.find_spec = (lambda f: (lambda n, *a: None if n == 'triton' else f(n, *a)))(u.find_spec)\n"
-        "import torch, kernels\n"
+        "import torch, tinykernels\n"
         "x = torch.randn(2, 5, 8, requires_grad=True)\n"
-        "y = kernels.rms_norm(x, torch.ones(8)); y.sum().backward()\n"
+        "y = tinykernels.rms_norm(x, torch.ones(8)); y.sum().backward()\n"
         "dt = torch.rand(2, 5, 8); A = -torch.rand(8, 3); B = torch.randn(2, 5, 3)\n"
-        "y, h = kernels.selective_scan(x, dt, A, B, B); y.sum().backward()\n"
-        "try:\n    kernels.selective_scan(x, dt, A, B, B, backend='triton')\n"
+        "y, h = tinykernels.selective_scan(x, dt, A, B, B); y.sum().backward()\n"
+        "try:\n    tinykernels.selective_scan(x, dt, A, B, B, backend='triton')\n"
         "except RuntimeError as e:\n    print('refused:', 'missing' in str(e))\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}

@@ -233,7 +233,7 @@ def test_decode_step_equals_full_forward(n_kv_head):
 
 
 def test_generation_after_a_training_step_uses_the_new_weights():
-    """decode_step multiplies by a packed copy of the weights (kernels/matmul_cpu.c) made for each
+    """decode_step multiplies by a packed copy of the weights (tinykernels/matmul_cpu.c) made for each
     generation: after an optimizer step, generate must still agree with the full forward pass."""
     model = random_llama(tiny_config(n_kv_head=2))
     prompt = torch.randint(0, 97, (2, 5))

@@ -21,8 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-import kernels  # noqa: E402
-from kernels import scan_triton  # noqa: E402  (imports triton, now in interpreter mode)
+import tinykernels  # noqa: E402
+from tinykernels import scan_triton  # noqa: E402  (imports triton, now in interpreter mode)
 
 
 def close(name, got, want, tol=2e-5):
@@ -44,9 +44,9 @@ def check_scan():
     gy, g_last = torch.randn(batch, length, channels), torch.randn(batch, channels, n)
     inputs = (x, dt, A, B, C)
 
-    y_ref, h_ref = kernels.selective_scan_reference(*inputs)
+    y_ref, h_ref = tinykernels.selective_scan_reference(*inputs)
     want = torch.autograd.grad((y_ref * gy).sum() + (h_ref * g_last).sum(), inputs)
-    y, h = kernels.selective_scan(*inputs, backend="triton")  # the custom op, Triton inside
+    y, h = tinykernels.selective_scan(*inputs, backend="triton")  # the custom op, Triton inside
     got = torch.autograd.grad((y * gy).sum() + (h * g_last).sum(), inputs)
     close("scan y", y, y_ref)
     close("scan last state", h, h_ref)
@@ -59,14 +59,14 @@ def check_rms_norm():
     x = torch.randn(3, 5, 37, requires_grad=True)  # 15 rows of 37 features
     w = (torch.rand(37) + 0.5).requires_grad_()
     gy = torch.randn_like(x)
-    want_y = kernels.rms_norm_reference(x, w, 1e-5)
+    want_y = tinykernels.rms_norm_reference(x, w, 1e-5)
     want = torch.autograd.grad((want_y * gy).sum(), (x, w))
-    y = kernels.rms_norm(x, w, 1e-5, backend="triton")
+    y = tinykernels.rms_norm(x, w, 1e-5, backend="triton")
     got = torch.autograd.grad((y * gy).sum(), (x, w))
     close("rmsnorm y", y, want_y)
     close("rmsnorm grad x", got[0], want[0])
     close("rmsnorm grad weight", got[1], want[1])
-    again = torch.autograd.grad((kernels.rms_norm(x, w, 1e-5, backend="triton") * gy).sum(), (x, w))
+    again = torch.autograd.grad((tinykernels.rms_norm(x, w, 1e-5, backend="triton") * gy).sum(), (x, w))
     if not torch.equal(again[1], got[1]):
         print("FAIL rmsnorm weight gradient differs between two identical runs")
         sys.exit(1)

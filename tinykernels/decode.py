@@ -20,8 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels import fused_cpu
-from kernels.ops import swiglu
+from tinykernels import fused_cpu
+from tinykernels.ops import swiglu
 
 BLOCK_WEIGHTS = ("qkv", "out", "gate_up", "down")  # the matrices of a block, in the order they are used
 
@@ -78,7 +78,7 @@ def decode_step(model, tokens: torch.Tensor, cache: KVCache, pos: int) -> torch.
         def norm(x, weight):
             return fused_cpu.rms_norm_inference(x, weight, eps)
     else:
-        # F.rms_norm, not kernels.rms_norm: the same op without autograd, minus 2.5 us of dispatch
+        # F.rms_norm, not tinykernels.rms_norm: the same op without autograd, minus 2.5 us of dispatch
         def norm(x, weight):
             return F.rms_norm(x, (D,), weight, eps)
     if fused and fuse_residual:

@@ -19,8 +19,8 @@ import math
 
 import torch
 
-from kernels import scan_chunked
-from kernels.backend import use_triton
+from tinykernels import scan_chunked
+from tinykernels.backend import use_triton
 
 TORCH_CHUNK_ELEMENTS = 600_000  # CPU path: aim for (Q, B, N, D) chunk buffers of about 2.4 MB, see below
 TRITON_CHUNK = 16  # Triton: a (16, BD, N) tile of states fits in registers
@@ -37,7 +37,7 @@ def torch_chunk(batch: int, channels: int, n: int) -> int:
 
 def _impl(x: torch.Tensor, A: torch.Tensor, backend: str):
     if use_triton(x, backend):
-        from kernels import scan_triton  # imported here: triton may be missing or interpreted
+        from tinykernels import scan_triton  # imported here: triton may be missing or interpreted
         return scan_triton, TRITON_CHUNK
     return scan_chunked, torch_chunk(x.shape[0], x.shape[2], A.shape[1])
 

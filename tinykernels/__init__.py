@@ -15,12 +15,12 @@ step and its KV cache. Triton is imported only when a Triton kernel runs (backen
     selective_scan_reference / ssd_reference / rms_norm_reference    step-by-step oracles for the tests
 """
 
-from kernels.backend import BACKENDS, interpreting, triton_installed, use_triton
-from kernels.ops import apply_rotary, attention, cross_entropy, rms_norm, swiglu
-from kernels.rmsnorm import rms_norm_reference
-from kernels.scan_reference import selective_scan_reference, ssd_reference
-from kernels.selective_scan import selective_scan
-from kernels.ssd import ssd_chunked
+from tinykernels.backend import BACKENDS, interpreting, triton_installed, use_triton
+from tinykernels.ops import apply_rotary, attention, cross_entropy, rms_norm, swiglu
+from tinykernels.rmsnorm import rms_norm_reference
+from tinykernels.scan_reference import selective_scan_reference, ssd_reference
+from tinykernels.selective_scan import selective_scan
+from tinykernels.ssd import ssd_chunked
 
 __all__ = ["BACKENDS", "interpreting", "triton_installed", "use_triton", "apply_rotary", "attention",
            "cross_entropy", "rms_norm", "swiglu", "rms_norm_reference", "selective_scan",

@@ -28,8 +28,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kernels import attention_cpu, fused_cpu, rmsnorm
-from kernels.backend import use_triton
+from tinykernels import attention_cpu, fused_cpu, rmsnorm
+from tinykernels.backend import use_triton
 
 # ---------------------------------------------------------------------------------- attention
 
@@ -56,7 +56,7 @@ def attention(qkv: torch.Tensor, rope: torch.Tensor, n_head: int, n_kv_head: int
 
     qkv (B, T, (H + 2K)·Dh) holds every query head, then every key head, then every value head;
     query head h reads key/value head h // (H / K). rope (T, 1, Dh/2, 2) is the rotary table at
-    positions start_pos..start_pos+T-1. With kv_cache (kernels.decode.KVCache), the rotated keys and
+    positions start_pos..start_pos+T-1. With kv_cache (tinykernels.decode.KVCache), the rotated keys and
     values are stored at those positions and the queries attend to everything cached so far.
     mask (B, 1, T, T_keys) bool, True where a query may see a key, replaces the causal mask: for a
     batch of left-padded prompts, whose rope is then per row, (B, T, 1, Dh/2, 2).

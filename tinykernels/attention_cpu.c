@@ -1,5 +1,5 @@
 /* Causal self-attention in fp32 for CPU training at short context (T <= 512): forward and backward.
-Compiled with fused_cpu.c into one library (fused_cpu.py); called by kernels/attention_cpu.py.
+Compiled with fused_cpu.c into one library (fused_cpu.py); called by tinykernels/attention_cpu.py.
 About 3x PyTorch's CPU flash attention (sdpa) forward + backward at the 14M model's shape
 (B 8, H 8, T 256, Dh 42): 7 against 21 ms per layer on a 2-core Xeon (docs/benchmarks.md).
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels import fused_cpu
+from tinykernels import fused_cpu
 
 MAX_T = 512  # bf16 keeps (B, H, T, T) probabilities per layer: 8 x 8 x 512^2 in bf16 = 32 MB
 

@@ -1,5 +1,5 @@
 """RMSNorm as a custom op with a hand-written backward: y = x / sqrt(mean(x^2) + eps) * weight over
-the last dimension. kernels.rms_norm (ops.py) decides when it runs and with which implementation.
+the last dimension. tinykernels.rms_norm (ops.py) decides when it runs and with which implementation.
 
 Shapes: (..., D) in, same out; M = the number of rows (all leading dimensions together).
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from kernels import fused_cpu
+from tinykernels import fused_cpu
 
 IMPLEMENTATIONS = ("triton", "c", "torch")
 
@@ -53,7 +53,7 @@ def rms_norm_op(x: torch.Tensor, weight: torch.Tensor, eps: float, impl: str,
         raise ValueError(f"impl must be one of {IMPLEMENTATIONS}, got {impl!r}")
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
     if impl == "triton":
-        from kernels import rmsnorm_triton
+        from tinykernels import rmsnorm_triton
         y, rstd = rmsnorm_triton.rms_norm_forward(x2, weight.contiguous(), eps)
     elif impl == "c":
         y, rstd = fused_cpu.rms_norm_forward(x2, weight, eps, out_dtype)
@@ -73,7 +73,7 @@ def _rms_norm_backward_op(gy: torch.Tensor, x: torch.Tensor, weight: torch.Tenso
     x2 = x.reshape(-1, x.shape[-1]).contiguous()
     gy2 = gy.reshape(x2.shape).contiguous()
     if impl == "triton":
-        from kernels import rmsnorm_triton
+        from tinykernels import rmsnorm_triton
         gx, gw = rmsnorm_triton.rms_norm_backward(gy2.to(x.dtype), x2, weight.contiguous(), rstd)
     elif impl == "c" and fused_cpu.dtype_ok(gy.dtype):
         gx, gw = fused_cpu.rms_norm_backward(gy2, x2, weight, rstd)
