@@ -60,19 +60,45 @@ def _mamba(mixer):
     return _trained_a_little(Mamba(cfg))
 
 
+def _decoding_path(monkeypatch, path):
+    """Pin decode_step to one attention: "fused" (the C kernel; the PyTorch attention raises if
+    called) or "pytorch" (the C kernels off, as with TINYHELEN_FUSED_CPU=0; its calls counted)."""
+    from tinykernels import decode, fused_cpu
+    calls = []
+    if path == "fused":
+        if not fused_cpu.available():
+            pytest.skip("no C compiler: the fused kernels are off")
+
+        def refuse(*a, **k):
+            raise AssertionError("decode_step fell back to the PyTorch attention")
+        monkeypatch.setattr(decode, "_decode_attention", refuse)
+    else:
+        monkeypatch.setattr(fused_cpu, "applies", lambda *a, **k: False)
+        pytorch_attention = decode._decode_attention
+
+        def counted(*a, **k):
+            calls.append(1)
+            return pytorch_attention(*a, **k)
+        monkeypatch.setattr(decode, "_decode_attention", counted)
+    return calls
+
+
+@pytest.mark.parametrize("path", ["fused", "pytorch"])
 @pytest.mark.parametrize("n_kv_head", [4, 2])
-def test_llama_batched_mixed_lengths_equal_one_at_a_time(n_kv_head):
+def test_llama_batched_mixed_lengths_equal_one_at_a_time(n_kv_head, path, monkeypatch):
     model = _llama(n_kv_head)
+    calls = _decoding_path(monkeypatch, path)
     prompts = _prompts(97)
     expected = [_alone(model, p, 12, temperature=0) for p in prompts]
     assert _batched(model, prompts, 12, temperature=0) == expected
+    assert bool(calls) == (path == "pytorch")
 
 
-def test_llama_padded_logits_equal_unpadded_logits_on_the_pytorch_step(monkeypatch):
-    """The left-padded step against each row alone at the logit level, with the C kernels off (the
-    PyTorch decoding path): the padding changes nothing but float rounding."""
-    from tinykernels import fused_cpu
-    monkeypatch.setattr(fused_cpu, "applies", lambda *a, **k: False)
+@pytest.mark.parametrize("path", ["fused", "pytorch"])
+def test_llama_padded_logits_equal_unpadded_logits(path, monkeypatch):
+    """The left-padded step against each row alone at the logit level, on the C decoding step and
+    on the PyTorch one: the padding changes nothing but float rounding."""
+    _decoding_path(monkeypatch, path)
     model = _llama()
     prompts = _prompts(97, seed=3)
     idx, left_pad = pad_left(prompts, pad_id=0)

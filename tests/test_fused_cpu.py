@@ -232,6 +232,66 @@ def test_pack_for_decoding_layout_and_dtype():
         fused_cpu.pack_for_decoding(w.bfloat16())
 
 
+
+def _random_cache(B, K, T_max, Dh, g):
+    """A one-layer KVCache with every slot drawn (torch.empty's leftovers could hold NaNs)."""
+    from tinykernels.decode import KVCache
+    cache = KVCache(1, B, K, T_max, Dh)
+    zeros = torch.zeros(B, K, 1, Dh)
+    cache.update(0, 0, zeros, zeros)  # allocates
+    cache.kv[0].copy_(torch.randn(cache.kv[0].shape, generator=g))
+    return cache
+
+
+@pytest.mark.parametrize("B", [1, 3, 8])
+@pytest.mark.parametrize("H,K", [(4, 2), (4, 4)])
+@pytest.mark.parametrize("Dh", [16, 32])
+@pytest.mark.parametrize("pos", [6, 40])  # 40: B=8 rows are enough work to run in parallel
+@pytest.mark.parametrize("first_pad", ["none", "max"])
+def test_padded_decode_attention_matches_the_masked_pytorch_step(B, H, K, Dh, pos, first_pad):
+    """One decoding step of attention for left-padded rows, against decode.py's PyTorch attention
+    with its key mask (per-row rope rows, sdpa): the rotated q and k, the cache slot written and the
+    output. Row 0 has no padding or is padded up to pos - 1 (one real key besides its own token);
+    the other rows draw theirs. The padding slots hold large keys and values, so attending to any
+    of them would move the output far outside the tolerance."""
+    from tinykernels.decode import _decode_attention
+    g = torch.Generator().manual_seed(B * 1000 + H * 100 + K * 10 + Dh + pos)
+    left_pad = torch.randint(0, pos, (B,), generator=g)
+    left_pad[0] = 0 if first_pad == "none" else pos - 1
+    cache = _random_cache(B, K, pos + 3, Dh, g)
+    for b, n in enumerate(left_pad.tolist()):
+        cache.kv[0][b, :, :n] = 30 * torch.randn(2 * K, n, Dh, generator=g)
+    qkv = torch.randn(B, H + 2 * K, Dh, generator=g)
+    rope = rotary_table(Dh, 64, 10000.0)
+
+    kv_before = cache.kv[0].clone()
+    qkv_c = qkv.clone()
+    y = fused_cpu.decode_attention(qkv_c, cache.kv[0], rope, pos, K, left_pad)
+    kv_c = cache.kv[0].clone()
+
+    cache.kv[0].copy_(kv_before)
+    key_mask = (torch.arange(pos + 1) >= left_pad[:, None])[:, None, None]
+    want = _decode_attention(qkv, cache, 0, pos, rope[pos - left_pad], K, key_mask)
+    torch.testing.assert_close(qkv_c, qkv, atol=1e-6, rtol=1e-6)  # rotated in place alike
+    torch.testing.assert_close(kv_c, cache.kv[0], atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(y, want, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("B,H,K,Dh,pos", [(1, 4, 2, 16, 0), (3, 4, 4, 32, 9), (8, 4, 2, 32, 40)])
+def test_unpadded_decode_attention_matches_the_pytorch_step(B, H, K, Dh, pos):
+    """left_pad None: every row at position pos over all of slots 0..pos, as before padding support."""
+    from tinykernels.decode import _decode_attention
+    g = torch.Generator().manual_seed(pos)
+    cache = _random_cache(B, K, pos + 2, Dh, g)
+    qkv = torch.randn(B, H + 2 * K, Dh, generator=g)
+    rope = rotary_table(Dh, 64, 10000.0)
+    kv_before, qkv_c = cache.kv[0].clone(), qkv.clone()
+    y = fused_cpu.decode_attention(qkv_c, cache.kv[0], rope, pos, K)
+    cache.kv[0].copy_(kv_before)
+    want = _decode_attention(qkv, cache, 0, pos, rope[pos, 0], K)
+    torch.testing.assert_close(qkv_c, qkv, atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(y, want, atol=2e-5, rtol=1e-4)
+
 def test_switched_off_by_environment_variable():
     out = run_python(TRAIN_ONE_STEP, TINYHELEN_FUSED_CPU="0")
     assert out.returncode == 0, out.stderr

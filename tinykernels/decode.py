@@ -97,18 +97,24 @@ def decode_step(model, tokens: torch.Tensor, cache: KVCache, pos: int) -> torch.
             if residual is None:
                 return h @ weight
             return torch.addmm(residual, h, weight) if fuse_residual else residual + h @ weight
-    if cache.left_pad is None:
+    left_pad = cache.left_pad
+    if fused:
+        # the C kernel takes the whole table and each row's padding: it rotates every row at its
+        # own position and skips the padding slots
+        rope = model.rope_table  # (T_rope, 1, Dh/2, 2)
+        if left_pad is not None:
+            left_pad = left_pad.to(torch.int64).contiguous()
+    elif left_pad is None:
         rope, key_mask = model.rope_table[pos, 0], None  # (Dh/2, 2)
     else:
-        # each row at its own position, the padding slots hidden: the C kernel knows neither,
-        # so padded batches take the PyTorch attention (the matmuls stay fused)
-        rope = model.rope_table[pos - cache.left_pad]  # (B, 1, Dh/2, 2)
+        # each row at its own position, the padding slots hidden
+        rope = model.rope_table[pos - left_pad]  # (B, 1, Dh/2, 2)
         slots = torch.arange(pos + 1, device=tokens.device)
-        key_mask = (slots >= cache.left_pad[:, None])[:, None, None]  # (B, 1, 1, pos + 1)
+        key_mask = (slots >= left_pad[:, None])[:, None, None]  # (B, 1, 1, pos + 1)
     for i, block in enumerate(model.blocks):
         qkv = matmul(norm(x, block.attn_norm.weight), i, "qkv").view(B, H + 2 * K, Dh)
-        if fused and key_mask is None:
-            y = fused_cpu.decode_attention(qkv.float(), cache.kv[i], rope, pos, K)
+        if fused:
+            y = fused_cpu.decode_attention(qkv.float(), cache.kv[i], rope, pos, K, left_pad)
         else:
             y = _decode_attention(qkv.float(), cache, i, pos, rope, K, key_mask)
         x = matmul(y, i, "out", residual=x)

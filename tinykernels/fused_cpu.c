@@ -284,16 +284,22 @@ void cross_entropy_forward(const void *logits, int bf16_flag, const int64_t *tar
 }
 
 /* ------------------------------------------------------------------ one decoding step of attention
-   qkv (B, H + 2K, Dh) fp32, one position's projections: q and k are rotated in place by rope_t
-   (Dh/2, 2), k and v are stored into the layer's cache (B, 2K, T_max, Dh) at position pos, and
-   y (B, H, Dh) = softmax(scale q k^T) v over positions 0..pos, query head h reading key/value head
-   h / (H / K). One call replaces about ten PyTorch ops per layer (rotary, cache writes, attention),
-   each of which costs a few microseconds of dispatch at these sizes. */
-void decode_attention(float *qkv, float *cache, const float *rope_t, float *y, int64_t B, int64_t H,
-                      int64_t K, int64_t Dh, int64_t T_max, int64_t pos, float scale) {
+   qkv (B, H + 2K, Dh) fp32, one position's projections: q and k are rotated in place, k and v are
+   stored into the layer's cache (B, 2K, T_max, Dh) at slot pos, and y (B, H, Dh) = softmax(scale
+   q k^T) v over the row's slots, query head h reading key/value head h / (H / K). One call replaces
+   about ten PyTorch ops per layer (rotary, cache writes, attention), each of which costs a few
+   microseconds of dispatch at these sizes.
+   rope is the whole (T_rope, Dh/2, 2) table, not one position's row, because left-padded prompts
+   of different lengths put each row at its own position: left_pad (B,) counts row b's padding
+   slots, so its token in slot pos sits at position pos - left_pad[b], and slots 0..left_pad[b]-1
+   hold padding that no query may see. left_pad NULL is a batch without padding (every row at pos,
+   every slot real). */
+void decode_attention(float *qkv, float *cache, const float *rope, const int64_t *left_pad, float *y,
+                      int64_t B, int64_t H, int64_t K, int64_t Dh, int64_t T_max, int64_t pos, float scale) {
     int64_t heads = H + 2 * K, group = H / K;
     for (int64_t b = 0; b < B; b++) {
         float *row = qkv + b * heads * Dh;
+        const float *rope_t = rope + (pos - (left_pad ? left_pad[b] : 0)) * Dh;
         for (int64_t n = 0; n < H + K; n++) rotate(row + n * Dh, rope_t, Dh, 1.0f);
         for (int64_t n = 0; n < 2 * K; n++)
             memcpy(cache + ((b * 2 * K + n) * T_max + pos) * Dh, row + (H + n) * Dh, Dh * sizeof(float));
@@ -301,23 +307,26 @@ void decode_attention(float *qkv, float *cache, const float *rope_t, float *y, i
 #pragma omp parallel for collapse(2) if (B * H * (pos + 1) * Dh >= PARALLEL_MIN)
     for (int64_t b = 0; b < B; b++) {
         for (int64_t h = 0; h < H; h++) {
+            // skipping the padding slots outright gives them exactly the zero weight that a -inf
+            // score would, without reading them
+            int64_t first = left_pad ? left_pad[b] : 0;
             const float *q = qkv + (b * heads + h) * Dh;
             const float *keys = cache + (b * 2 * K + h / group) * T_max * Dh;
             const float *values = cache + (b * 2 * K + K + h / group) * T_max * Dh;
             float p[pos + 1], out[Dh];
-            for (int64_t t = 0; t <= pos; t++) {
+            for (int64_t t = first; t <= pos; t++) {
                 float dot = 0.0f;
                 for (int64_t d = 0; d < Dh; d++) dot += q[d] * keys[t * Dh + d];
                 p[t] = dot * scale;
             }
-            float max = p[0], sum = 0.0f;
-            for (int64_t t = 1; t <= pos; t++) max = p[t] > max ? p[t] : max;
-            for (int64_t t = 0; t <= pos; t++) {
+            float max = p[first], sum = 0.0f;
+            for (int64_t t = first + 1; t <= pos; t++) max = p[t] > max ? p[t] : max;
+            for (int64_t t = first; t <= pos; t++) {
                 p[t] = expf(p[t] - max);
                 sum += p[t];
             }
             for (int64_t d = 0; d < Dh; d++) out[d] = 0.0f;
-            for (int64_t t = 0; t <= pos; t++)
+            for (int64_t t = first; t <= pos; t++)
                 for (int64_t d = 0; d < Dh; d++) out[d] += p[t] * values[t * Dh + d];
             for (int64_t d = 0; d < Dh; d++) y[(b * H + h) * Dh + d] = out[d] / sum;
         }

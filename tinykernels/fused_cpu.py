@@ -12,7 +12,7 @@
     attention_forward(q, k, v)          -> y (B, T, H Dh), lse: fp32 causal attention (attention_cpu.c)
     attention_backward(q, k, v, y, lse, dy) -> dq, dk, dv
     cross_entropy_forward(logits, targets) -> per-row losses, d losses / d logits
-    rms_norm_inference(x, w, eps), decode_attention(qkv, cache, rope, pos, K),
+    rms_norm_inference(x, w, eps), decode_attention(qkv, cache, rope, pos, K, left_pad),
     pack_for_decoding(w), few_row_matmul(x, packed, n_out, residual)
         a decoding step's pieces, fp32 (see Llama.decode_step)
     applies(t, *dtypes)                 whether to use these kernels for CPU tensor t (and dtypes)
@@ -62,7 +62,7 @@ _SIGNATURES = {
     "causal_softmax_forward": [_c_void_p, _int, _i64, _i64, _float],
     "causal_softmax_backward": [_c_void_p, _c_void_p, _int, _i64, _i64, _float],
     "cross_entropy_forward": [_c_void_p, _int, _c_void_p, _c_void_p, _c_void_p, _i64, _i64],
-    "decode_attention": [_c_void_p, _c_void_p, _c_void_p, _c_void_p, _i64, _i64, _i64, _i64, _i64, _i64, _float],
+    "decode_attention": [_c_void_p] * 5 + [_i64] * 6 + [_float],
     "few_row_matmul": [_c_void_p, _c_void_p, _c_void_p, _c_void_p, _i64, _i64, _i64],
     "pack_panels": [_c_void_p, _c_void_p, _i64, _i64],
     "attention_forward": [_c_void_p] * 5 + [_i64] * 5 + [_float],
@@ -304,14 +304,18 @@ def rms_norm_inference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> tor
     return y
 
 
-def decode_attention(qkv: torch.Tensor, cache_layer: torch.Tensor, rope_t: torch.Tensor, pos: int,
-                     n_kv_head: int) -> torch.Tensor:
+def decode_attention(qkv: torch.Tensor, cache_layer: torch.Tensor, rope: torch.Tensor, pos: int,
+                     n_kv_head: int, left_pad: torch.Tensor | None = None) -> torch.Tensor:
     """qkv (B, H + 2K, Dh) fp32 (rotated in place), cache_layer (B, 2K, T_max, Dh) fp32 (keys and
-    values written at pos), rope_t (Dh/2, 2) -> y (B, H·Dh) attention over positions 0..pos."""
+    values written at slot pos), rope the whole contiguous fp32 rotary table (T_rope, 1, Dh/2, 2),
+    as Llama.rope_table -> y (B, H·Dh) attention over slots 0..pos. With left_pad (B,) contiguous
+    int64 (left-padded prompts), row b is at position pos - left_pad[b] and attends to slots
+    left_pad[b]..pos only."""
     B, heads, Dh = qkv.shape
     H = heads - 2 * n_kv_head
     y = qkv.new_empty(B, H * Dh)
-    _library().decode_attention(qkv.data_ptr(), cache_layer.data_ptr(), rope_t.data_ptr(), y.data_ptr(),
+    _library().decode_attention(qkv.data_ptr(), cache_layer.data_ptr(), rope.data_ptr(),
+                                None if left_pad is None else left_pad.data_ptr(), y.data_ptr(),
                                 B, H, n_kv_head, Dh, cache_layer.size(2), pos, Dh ** -0.5)
     return y
 
