@@ -15,13 +15,16 @@ the same number of bytes of text as the first tokenizer's run (a shorter tokeniz
 steps).
 
 Resumable: a prepared data folder is reused, a finished run (result.json) is skipped, a stopped one
-continues from its checkpoint; summary.md and summary.json are rebuilt from every result.
+continues from its checkpoint; summary.md, summary.json and curves.png (validation bits per byte
+against training tokens per tokenizer, and the final figure against the vocabulary size) are
+rebuilt from every result.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shlex
 import statistics
 from dataclasses import dataclass
@@ -32,6 +35,7 @@ from atomic import atomic_write_json, atomic_write_text
 from checkpoint import CheckpointError
 from config import setting
 from data.corpus import CORPORA, DataError
+from metrics import save_figure
 
 
 @dataclass
@@ -136,6 +140,42 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def bpb_curve(cfg: TokenizerStudyConfig, result: dict) -> list[tuple[int, float]]:
+    """(training tokens, bits per byte) at each of a run's evaluations: train.py's validation loss in
+    nats per token on fixed windows, times the validation split's tokens per byte, over ln 2."""
+    from data.tokens import read_meta, tokens_per_byte
+    from metrics import read_metrics
+    folder = Path(cfg.out_dir) / f"{slug(result['tokenizer'])}_seed{result['seed']}"
+    per_byte = tokens_per_byte(read_meta(Path(cfg.out_dir) / "data" / slug(result["tokenizer"])), "validation")
+    rows = read_metrics(folder / "run" / "metrics.jsonl")
+    per_step = result["train_tokens"] / result["steps"]
+    return [(round(r["step"] * per_step), r["val_loss"] * per_byte / math.log(2)) for r in rows if "val_loss" in r]
+
+
+def plot(cfg: TokenizerStudyConfig, results: list[dict], rows: list[dict], path: Path) -> None:
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    fig, (curves, finals) = plt.subplots(1, 2, figsize=(12, 4.5))
+    for i, row in enumerate(rows):  # one colour per tokenizer, one line per seed, named once
+        for j, r in enumerate(r for r in results if r["tokenizer"] == row["tokenizer"]):
+            tokens, bpb = zip(*bpb_curve(cfg, r))
+            curves.plot(tokens, bpb, color=f"C{i}", alpha=0.8, label=None if j else row["name"])
+        finals.errorbar([row["vocab_size"]], [row["val_bits_per_byte"]], yerr=[row["bpb_std"]], marker="o",
+                        color=f"C{i}", capsize=3)
+        finals.annotate(row["name"], (row["vocab_size"], row["val_bits_per_byte"]), textcoords="offset points",
+                        xytext=(5, 5), fontsize=8)
+    curves.set_xlabel("training tokens")
+    curves.set_ylabel("validation bits per byte (fixed windows)")
+    curves.set_ylim(top=min(curves.get_ylim()[1], 4.0))  # the first evaluations are off the scale
+    curves.legend()
+    finals.set_xscale("log", base=2)
+    finals.set_xlabel("vocabulary size (ids)")
+    finals.set_ylabel("final validation bits per byte (evaluate.py)")
+    fig.tight_layout()
+    save_figure(fig, path, dpi=100)
+
+
 def study(cfg: TokenizerStudyConfig) -> list[dict]:
     import trainer
     from data.tokens import read_meta, tokens_per_byte
@@ -155,6 +195,7 @@ def study(cfg: TokenizerStudyConfig) -> list[dict]:
     rows = summarise(results, order)
     atomic_write_text(out_dir / "summary.md", table(rows) + "\n")
     atomic_write_json(out_dir / "summary.json", rows)
+    plot(cfg, results, rows, out_dir / "curves.png")
     print(table(rows))
     return rows
 

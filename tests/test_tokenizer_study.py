@@ -4,6 +4,7 @@ model differs only in its vocabulary, bits per byte are evaluate.py's, and a res
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -42,6 +43,16 @@ def test_study_compares_tokenizers(shared_data, base_config, tmp_path, monkeypat
                                                       split="validation", genres="math",
                                                       max_tokens_per_genre=400, device="cpu"))
         assert row["val_bits_per_byte"] == pytest.approx(again["bits_per_byte"])
+        # the plotted curve: train.py's last validation loss in bits per byte of the validation text
+        result = json.loads((run.parent / "result.json").read_text())
+        tokens, bpb = tokenizer_study.bpb_curve(cfg, result)[-1]
+        meta = json.loads((out / "data" / tokenizer_study.slug(row["tokenizer"]) / "meta.json").read_text())
+        split = meta["splits"]["validation"]
+        last_loss = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()
+                     if "val_loss" in line][-1]["val_loss"]
+        assert tokens == result["train_tokens"]
+        assert bpb == pytest.approx(last_loss * split["tokens"] / (split["bytes"] + split["documents"]) / math.log(2))
+    assert (out / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     if equal == "tokens":
         assert rows[0]["steps"] == rows[1]["steps"] == 4
     else:  # the same bytes of text as the first tokenizer's run: more steps for the longer encoding
