@@ -18,6 +18,12 @@ optimiser and schedule; max_steps set so every run sees the same number of token
 Resumable: each run writes OUT_DIR/NAME/result.json when it is done and is skipped after that; a
 run killed midway continues from its checkpoint (train.py --resume). The table (summary.md, also
 printed) and the plot (sweep.png) are rebuilt from every result.json each time.
+
+The speeds a run records are those of its own training, which on a shared machine depend on what
+else ran beside it. `--measure_speed` times every finished shape again, one at a time, with
+--speed_steps fresh training steps (the same config, batch and precision, compiled if the base is)
+and the same generation measurement, into OUT_DIR/speed/SHAPE.json; the table and the plot then use
+those figures (the speed columns say so), so run it on an otherwise idle machine.
 """
 
 from __future__ import annotations
@@ -66,6 +72,8 @@ class SweepConfig:
     top: int = setting(3, min=1)          # how many of the best shapes get the extra seeds
     gen_tokens: int = setting(64, min=1)  # decoding-speed measurement
     report_only: bool = False             # rebuild the table and plot from the results, train nothing
+    measure_speed: bool = False           # time every finished shape again, alone (OUT_DIR/speed/)
+    speed_steps: int = setting(40, min=4)  # training steps timed per shape by --measure_speed
 
     def __post_init__(self):
         if self.head_dim % 2:
@@ -178,14 +186,42 @@ def train_one(cfg: SweepConfig, train_cfg, model_cfg: LlamaConfig, seed: int, bu
     return result
 
 
+def measure_speed(cfg: SweepConfig, train_cfg, model_cfg: LlamaConfig) -> dict:
+    """Training tokens/s over cfg.speed_steps fresh steps (the first logged window, with compilation,
+    left out) and generation tokens/s, of one shape, in a scratch folder that is removed after."""
+    import shutil
+    import tempfile
+    import train
+    folder = Path(tempfile.mkdtemp(prefix="speed_", dir=cfg.out_dir))
+    try:
+        log_every = max(1, cfg.speed_steps // 4)
+        run_cfg = dataclasses.replace(train_cfg, model=model_cfg, out_dir=str(folder), max_steps=cfg.speed_steps,
+                                      warmup_steps=0, log_every=log_every, eval_every=cfg.speed_steps,
+                                      eval_steps=1, ckpt_every=cfg.speed_steps, sample_tokens=0, resume=False,
+                                      init_from="", bpb_genres="")
+        trainer = train.pretrain(run_cfg)
+        speeds = [r["tokens_per_s"] for r in read_metrics(folder / "metrics.jsonl") if "tokens_per_s" in r]
+        from data.tokens import read_meta
+        return {"train_tokens_per_s": statistics.mean(speeds[1:] or speeds), "steps": cfg.speed_steps,
+                "gen_tokens_per_s": generation_speed(trainer.model, read_meta(train_cfg.data_dir)["eot_id"],
+                                                     cfg.gen_tokens, trainer.device)}
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def read_speeds(out_dir: Path) -> dict[str, dict]:
+    return {p.stem: json.loads(p.read_text()) for p in sorted((out_dir / "speed").glob("*.json"))}
+
+
 # ----------------------------------------------------------------------------- the table and the plot
 
 def collect(out_dir: Path) -> list[dict]:
     return [json.loads(p.read_text()) for p in sorted(out_dir.glob("*/result.json"))]
 
 
-def by_shape(results: list[dict]) -> list[dict]:
-    """One row per shape: means (and the spread when there are several seeds), best first."""
+def by_shape(results: list[dict], speeds: dict[str, dict] | None = None) -> list[dict]:
+    """One row per shape: means (and the spread when there are several seeds), best first; the speeds
+    of a shape in `speeds` (measure_speed's) replace those its runs recorded."""
     groups: dict[str, list[dict]] = {}
     for r in results:
         groups.setdefault(r["name"].rsplit("_seed", 1)[0], []).append(r)
@@ -197,18 +233,25 @@ def by_shape(results: list[dict]) -> list[dict]:
                      "shape": shape, "seeds": len(rs), "bits_per_byte": statistics.mean(bpb),
                      "bpb_std": statistics.stdev(bpb) if len(bpb) > 1 else 0.0,
                      "train_tokens_per_s": statistics.mean(r["train_tokens_per_s"] for r in rs),
-                     "gen_tokens_per_s": statistics.mean(r["gen_tokens_per_s"] for r in rs)})
+                     "gen_tokens_per_s": statistics.mean(r["gen_tokens_per_s"] for r in rs),
+                     "speed": "runs"})
+        if speeds and shape in speeds:
+            rows[-1].update({k: speeds[shape][k] for k in ("train_tokens_per_s", "gen_tokens_per_s")},
+                            speed="alone")
     return sorted(rows, key=lambda r: r["bits_per_byte"])
 
 
 def table(rows: list[dict]) -> str:
+    alone = any(r["speed"] == "alone" for r in rows)
+    when = " (alone)" if alone else ""
     lines = ["| shape | layers | width | heads | FFN (ratio) | non-emb params | seeds | val bits/byte | "
-             "train tok/s | gen tok/s |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             f"train tok/s{when} | gen tok/s{when} |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         spread = f" ± {r['bpb_std']:.4f}" if r["seeds"] > 1 else ""
         lines.append(f"| {r['shape']} | {r['n_layer']} | {r['n_embd']} | {r['n_head']} | {r['ffn_hidden']} "
                      f"({r['ffn_ratio']:.2f}) | {r['non_embedding_params']:,} | {r['seeds']} | "
-                     f"{r['bits_per_byte']:.4f}{spread} | {r['train_tokens_per_s']:,.0f} | "
+                     f"{r['bits_per_byte']:.4f}{spread} | {r['train_tokens_per_s']:,.0f}"
+                     f"{'' if r['speed'] == 'alone' or not alone else ' (run)'} | "
                      f"{r['gen_tokens_per_s']:,.0f} |")
     return "\n".join(lines)
 
@@ -225,7 +268,9 @@ def plot(rows: list[dict], path: Path) -> None:
                          label=f"FFN ratio ~{ratio:g}")
         axes[1].plot(depth, [r["train_tokens_per_s"] for r in rs], marker="o")
         axes[2].plot(depth, [r["gen_tokens_per_s"] for r in rs], marker="o")
-    for ax, label in zip(axes, ("validation bits per byte", "training tokens/s", "generation tokens/s")):
+    when = " (timed alone)" if any(r["speed"] == "alone" for r in rows) else ""
+    for ax, label in zip(axes, ("validation bits per byte", f"training tokens/s{when}",
+                                f"generation tokens/s{when}")):
         ax.set_xlabel("layers (width shrinks to keep the budget)")
         ax.set_ylabel(label)
         ax.set_xscale("log", base=2)
@@ -257,7 +302,16 @@ def sweep(cfg: SweepConfig) -> list[dict]:
             for ratio, m in best:
                 for seed in (int(s) for s in cfg.seeds.split(",") if s.strip()):
                     train_one(cfg, train_cfg, m, seed, budget, ratio)
-    rows = by_shape(collect(out_dir))
+    if cfg.measure_speed:
+        if cfg.report_only:
+            raise config_lib.ConfigError("--measure_speed trains; it cannot go with --report_only")
+        shapes_done = {r["name"].rsplit("_seed", 1)[0]: r for r in collect(out_dir)}
+        for shape, r in shapes_done.items():
+            m = dataclasses.replace(train_cfg.model, n_layer=r["n_layer"], n_embd=r["n_embd"], n_head=r["n_head"],
+                                    n_kv_head=r["n_kv_head"], ffn_hidden=r["ffn_hidden"])
+            print(f"{shape}: timing {cfg.speed_steps} steps and {cfg.gen_tokens} generated tokens", flush=True)
+            atomic_write_json(out_dir / "speed" / f"{shape}.json", measure_speed(cfg, train_cfg, m))
+    rows = by_shape(collect(out_dir), read_speeds(out_dir))
     if not rows:
         raise config_lib.ConfigError(f"no finished runs in {out_dir} to report")
     text = table(rows)

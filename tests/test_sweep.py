@@ -89,6 +89,37 @@ def test_sweep_trains_reports_and_resumes(base_config, leaner_small, tmp_path, m
     assert again["val_loss"] == results[0]["val_loss"] and again["steps"] == results[0]["steps"]
 
 
+def test_measure_speed_times_each_shape_alone(base_config, tmp_path, monkeypatch):
+    """--measure_speed trains nothing new, times each finished shape in a scratch folder it removes,
+    and the table and plot then carry those speeds, marked as timed alone."""
+    import train
+    out = tmp_path / "sweep"
+    cfg = sweep.SweepConfig(base=str(base_config), out_dir=str(out), depths="1,2", ffn_ratios="2",
+                            head_dim=16, tokens=4 * 32 * 4, gen_tokens=4)
+    before = sweep.sweep(cfg)
+    timed = []
+    real = train.pretrain
+
+    def counted(run_cfg):
+        timed.append((run_cfg.model.n_layer, run_cfg.max_steps, run_cfg.init_from, run_cfg.resume))
+        return real(run_cfg)
+    monkeypatch.setattr(train, "pretrain", counted)
+    rows = sweep.sweep(sweep.SweepConfig(**{**cfg.__dict__, "measure_speed": True, "speed_steps": 8}))
+    assert sorted(timed) == [(1, 8, "", False), (2, 8, "", False)]  # one fresh short run per shape
+    speeds = {p.stem: json.loads(p.read_text()) for p in (out / "speed").glob("*.json")}
+    assert set(speeds) == {r["shape"] for r in before}
+    assert not list(out.glob("speed_*"))  # the scratch folders are gone
+    for r in rows:
+        assert r["speed"] == "alone"
+        assert r["train_tokens_per_s"] == speeds[r["shape"]]["train_tokens_per_s"] > 0
+        assert r["gen_tokens_per_s"] == speeds[r["shape"]]["gen_tokens_per_s"] > 0
+        same = next(b for b in before if b["shape"] == r["shape"])
+        assert r["bits_per_byte"] == same["bits_per_byte"]  # the losses are the runs' own
+    assert "train tok/s (alone)" in (out / "summary.md").read_text()
+    with pytest.raises(sweep.config_lib.ConfigError, match="report_only"):
+        sweep.sweep(sweep.SweepConfig(**{**cfg.__dict__, "measure_speed": True, "report_only": True}))
+
+
 def test_bad_flags_exit_2(tmp_path, capsys):
     result = run_script("sweep.py", "--depths=two", check=False)
     assert result.returncode == 2 and "depths" in result.stderr
