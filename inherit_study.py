@@ -10,7 +10,9 @@ l2 and taylor select the same units every seed, the seed then changes the data o
 else), each through train.py's pre-training stage with the --base training config (its data_dir
 must hold the source's tokenizer). The target loss is --target_loss, or by default the mean final
 validation loss of the scratch runs; the table gives, per arm, the mean final validation loss
-and the mean number of steps to reach the target (at the base config's eval_every resolution).
+and the mean number of steps to reach the target (at the base config's eval_every resolution),
+and for the inherited arms the validation loss of the cut before any training (the same fixed
+windows, in fp32): how much of the source each criterion keeps.
 
 Resumable: a finished run (result.json) is skipped, a stopped one continues from its checkpoint;
 summary.md, summary.json and curves.png are rebuilt from every result each time.
@@ -90,7 +92,34 @@ def run_one(cfg: StudyConfig, train_cfg, arm: str, seed: int) -> dict:
     result = {"arm": arm, "seed": seed, "curve": curve, "final_val_loss": curve[-1][1],
               "steps": run_cfg.max_steps}
     atomic_write_json(folder / "result.json", result)
-    return result
+    add_initial_loss(folder, train_cfg)
+    return json.loads((folder / "result.json").read_text())
+
+
+def initial_loss(init_dir: Path, train_cfg) -> float:
+    """An inherited model's validation loss before any training, on the windows train.py evaluates
+    (its first eval_steps batches of the validation split, fixed shuffle), in fp32."""
+    import torch
+    from checkpoint import load_model
+    from data.tokens import TokenBatches, open_tokens
+    from train import VALIDATION_SEED
+    model, _ = load_model(init_dir)
+    batches = TokenBatches(open_tokens(train_cfg.data_dir, "validation"), train_cfg.batch_size, train_cfg.seq_len,
+                           seed=VALIDATION_SEED)
+    steps = min(train_cfg.eval_steps * train_cfg.grad_accum, batches.num_windows // batches.global_batch)
+    with torch.no_grad():
+        return sum(model(*batches.next_batch())[1].item() for _ in range(steps)) / steps
+
+
+def add_initial_loss(folder: Path, train_cfg) -> None:
+    """Fill in result.json's initial_val_loss of an inherited arm (results written before it existed
+    lack it); scratch arms start from noise and get None."""
+    path = folder / "result.json"
+    result = json.loads(path.read_text())
+    if "initial_val_loss" not in result:
+        init = folder / "init"
+        result["initial_val_loss"] = initial_loss(init, train_cfg) if (init / "ckpt.pt").is_file() else None
+        atomic_write_json(path, result)
 
 
 def steps_to(curve, target: float) -> int | None:
@@ -108,8 +137,11 @@ def summarise(results: list[dict], target_loss: float) -> tuple[list[dict], floa
         finals = [r["final_val_loss"] for r in rs]
         reached = [steps_to(r["curve"], target) for r in rs]
         hit = [s for s in reached if s is not None]
+        initial = [r["initial_val_loss"] for r in rs if r.get("initial_val_loss") is not None]
         rows.append({"arm": arm, "seeds": len(rs), "final_val_loss": statistics.mean(finals),
                      "final_std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
+                     "initial_val_loss": statistics.mean(initial) if initial else None,
+                     "initial_std": statistics.stdev(initial) if len(initial) > 1 else 0.0,
                      "steps_to_target": statistics.mean(hit) if hit else None,
                      "reached": f"{len(hit)}/{len(rs)}"})
     return rows, target
@@ -117,11 +149,14 @@ def summarise(results: list[dict], target_loss: float) -> tuple[list[dict], floa
 
 def table(rows: list[dict], target: float) -> str:
     lines = [f"target validation loss {target:.4f}", "",
-             "| start | seeds | final val loss | steps to target (mean over runs reaching it) | reached |",
-             "|---|---:|---:|---:|---:|"]
+             "| start | seeds | val loss before training | final val loss | steps to target (mean over runs "
+             "reaching it) | reached |",
+             "|---|---:|---:|---:|---:|---:|"]
     for r in rows:
         steps = f"{r['steps_to_target']:.0f}" if r["steps_to_target"] is not None else "-"
-        lines.append(f"| {r['arm']} | {r['seeds']} | {r['final_val_loss']:.4f} ± {r['final_std']:.4f} | "
+        initial = "-" if r.get("initial_val_loss") is None else \
+            f"{r['initial_val_loss']:.4f} ± {r['initial_std']:.4f}"
+        lines.append(f"| {r['arm']} | {r['seeds']} | {initial} | {r['final_val_loss']:.4f} ± {r['final_std']:.4f} | "
                      f"{steps} | {r['reached']} |")
     return "\n".join(lines)
 
@@ -133,7 +168,8 @@ def plot(results: list[dict], target: float, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     colours = {}
     for r in results:  # one colour per arm, one line per seed, the arm named once in the legend
-        steps, losses = zip(*r["curve"])
+        start = [] if r.get("initial_val_loss") is None else [(0, r["initial_val_loss"])]
+        steps, losses = zip(*start, *r["curve"])
         label = None if r["arm"] in colours else r["arm"]
         colour = colours.setdefault(r["arm"], f"C{len(colours)}")
         ax.plot(steps, losses, color=colour, alpha=0.8, label=label)
@@ -162,6 +198,8 @@ def study(cfg: StudyConfig) -> list[dict]:
         for seed in (int(s) for s in cfg.seeds.split(",")):
             for arm in arms(cfg):
                 run_one(cfg, train_cfg, arm, seed)
+        for path in sorted(out_dir.glob("*/result.json")):
+            add_initial_loss(path.parent, train_cfg)
     results = [json.loads(p.read_text()) for p in sorted(out_dir.glob("*/result.json"))]
     if not results:
         raise config_lib.ConfigError(f"no finished runs in {out_dir} to report")

@@ -38,6 +38,8 @@ def test_study_runs_every_arm_and_resumes(setup, monkeypatch):
                                     base=str(setup / "base.py"), out_dir=str(out), criteria="random,l2",
                                     seeds="1,2")
     rows = inherit_study.study(cfg)
+    source_loss = [json.loads(line)["val_loss"] for line in (setup / "big" / "metrics.jsonl").read_text().splitlines()
+                   if "val_loss" in line][-1]
     assert [r["arm"] for r in rows] == ["scratch", "random", "l2"] and all(r["seeds"] == 2 for r in rows)
     for arm in ("scratch", "random", "l2"):
         for seed in (1, 2):
@@ -47,6 +49,11 @@ def test_study_runs_every_arm_and_resumes(setup, monkeypatch):
             assert result["curve"] == [[m["step"], m["val_loss"]] for m in metrics if "val_loss" in m]
             assert [s for s, _ in result["curve"]] == [2, 4]
             assert (arm == "scratch") != (out / f"{arm}_seed{seed}" / "init" / "ckpt.pt").is_file()
+            # a smaller cut starts worse than its source and better than noise (ln 2000 = 7.6)
+            if arm == "scratch":
+                assert result["initial_val_loss"] is None
+            else:
+                assert source_loss < result["initial_val_loss"] < 7.6
     summary = json.loads((out / "summary.json").read_text())
     scratch = [json.loads((out / f"scratch_seed{s}" / "result.json").read_text())["final_val_loss"]
                for s in (1, 2)]
@@ -61,6 +68,22 @@ def test_study_runs_every_arm_and_resumes(setup, monkeypatch):
         raise AssertionError(f"retrained {cfg.out_dir}")
     monkeypatch.setattr(train, "pretrain", no_training)
     assert inherit_study.study(cfg) == rows
+
+
+def test_initial_loss_is_the_validation_loss_train_py_reports(setup, tmp_path):
+    """A cut as large as its source keeps every unit, so its loss before training is the source's last
+    validation loss as train.py measured it (same windows, fp32 here)."""
+    import inherit
+    import trainer
+    (tmp_path / "same.py").write_text(
+        "from model_llama import LlamaConfig\nmodel = LlamaConfig(vocab_size=2000, n_layer=3, n_embd=64, "
+        "n_head=4, n_kv_head=4, ffn_hidden=128, max_seq_len=32)\n")
+    inherit.inherit(inherit.InheritConfig(source=str(setup / "big"), to=str(tmp_path / "same.py"),
+                                          out_dir=str(tmp_path / "same"), criterion="l2"))
+    base = config_lib.parse_args(trainer.TrainConfig(), [str(setup / "base.py")])
+    source_loss = [json.loads(line)["val_loss"] for line in (setup / "big" / "metrics.jsonl").read_text().splitlines()
+                   if "val_loss" in line][-1]
+    assert inherit_study.initial_loss(tmp_path / "same", base) == pytest.approx(source_loss, rel=1e-5)
 
 
 def test_steps_to_target():
