@@ -1,0 +1,156 @@
+"""The instruction-following experiment at CPU scale, one resumable command: does leaner
+pre-training make a tiny instruction-tuned Llama answer Leaner-Eval better than original pre-training?
+
+    python instruct_study.py                      # every step below, in order
+    python instruct_study.py --step=pretrain      # or one step: prepare, pretrain, convert, tune,
+                                                  # generate, judge, report
+
+  prepare   the leaner and original corpora (book, wiki, textbook, conversation) with one tokenizer,
+            trained on the leaner text (glue_study.py's prepare)
+  pretrain  configs/instruct_pretrain.py on each corpus: two Llamas of one shape and token budget
+  convert   the instruction set (instruct.py convert: leaner math, code and Leaner-Glue rows; every
+            Leaner-Eval question and test split kept out and checked)
+  tune      instruct.py train on it from each pre-trained Llama, same data, steps and seed
+            (--tune_flags; loss on the response tokens only, the default)
+  generate  greedy answers of both to every Leaner-Eval question (all.jsonl)
+  judge     the local LLM judge (instruct.py judge, two passes with other shuffles) on a seeded
+            sample of --judge_limit questions, which the report breaks down by Leaner-Eval split
+  report    instruct.py report: scores with 95% intervals, the judge's self-agreement and position
+            bias, and the model-free measures (length, distinct-n, repetition, words outside the
+            core vocabulary, perplexity under --reference or the leaner pre-trained run)
+
+Each step runs the project's own commands, printed before they run, and skips what is done: a
+finished run, a written file, an answered question, a finished judgement. The wall time of every
+command is appended to OUT_DIR/times.jsonl.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+
+import config as config_lib
+import glue_study
+from config import setting
+
+CORPORA = ("leaner", "ori")
+STEPS = ("prepare", "pretrain", "convert", "tune", "generate", "judge", "report")
+
+
+@dataclass
+class StudyConfig:
+    step: str = setting("all", choices=("all",) + STEPS)
+    out_dir: str = "out/instruct_study"
+    data_root: str = "../shared/data/tinyhelen"
+    genres: str = "book,wiki,textbook,conversation"
+    pretrain_config: str = "configs/instruct_pretrain.py"
+    pretrain_flags: str = ""         # added to both train.py commands
+    tune_flags: str = "--max_steps=400 --batch_size=16 --lr=1e-3 --min_lr=1e-4 --eval_every=50 --threads=1"
+    max_new_tokens: int = setting(128, min=1)
+    judge_limit: int = setting(240, min=0)   # questions judged (0: all 1,594)
+    judge_flags: str = ""            # e.g. --base_url=... --model=... for a stronger judge
+    dry_run: bool = False            # print the commands without running them
+
+
+def _glue(cfg: StudyConfig) -> glue_study.StudyConfig:
+    """glue_study's settings for the steps borrowed from it (prepare, run)."""
+    return glue_study.StudyConfig(out_dir=cfg.out_dir, data_root=cfg.data_root, genres=cfg.genres,
+                                  dry_run=cfg.dry_run)
+
+
+def _paths(cfg: StudyConfig) -> dict:
+    out = Path(cfg.out_dir)
+    return {"train": out / "instructions.jsonl", "questions": Path(cfg.data_root) / "leaner/eval/all.jsonl",
+            "judgements": out / "judgements.jsonl",
+            **{f"{c}_llama": out / f"{c}_llama" for c in CORPORA},
+            **{f"{c}_instruct": out / f"{c}_instruct" for c in CORPORA},
+            **{f"{c}_answers": out / "answers" / f"{c}_instruct.jsonl" for c in CORPORA}}
+
+
+def _require(cfg: StudyConfig, run_dir: Path, step: str) -> None:
+    if not cfg.dry_run and not glue_study.finished(run_dir):
+        raise SystemExit(f"error: {run_dir} has not finished (no checkpoint, or one before its last step); "
+                         f"run python instruct_study.py --step={step} first (it resumes), then this step again")
+
+
+def prepare(cfg: StudyConfig) -> None:
+    glue_study.prepare(_glue(cfg))
+
+
+def pretrain(cfg: StudyConfig) -> None:
+    p = _paths(cfg)
+    for corpus in CORPORA:
+        out = p[f"{corpus}_llama"]
+        done = glue_study.finished(out)
+        if done:
+            print(f"{out}: trained earlier", flush=True)
+            continue
+        glue_study.run(_glue(cfg), "pretrain", [
+            "train.py", cfg.pretrain_config, f"--data_dir={Path(cfg.out_dir) / 'data' / corpus}",
+            f"--out_dir={out}", *(["--resume"] if done is False else []), *shlex.split(cfg.pretrain_flags)])
+
+
+def convert(cfg: StudyConfig) -> None:
+    path = _paths(cfg)["train"]
+    if path.is_file():
+        print(f"{path}: converted earlier", flush=True)
+        return
+    glue_study.run(_glue(cfg), "convert", ["instruct.py", "convert", f"--data_root={cfg.data_root}",
+                                            f"--out={path}"])
+
+
+def tune(cfg: StudyConfig) -> None:
+    p = _paths(cfg)
+    for corpus in CORPORA:
+        _require(cfg, p[f"{corpus}_llama"], "pretrain")
+        out = p[f"{corpus}_instruct"]
+        done = glue_study.finished(out)
+        if done:
+            print(f"{out}: tuned earlier", flush=True)
+            continue
+        start = ["--resume"] if done is False else [f"--init_from={p[f'{corpus}_llama']}"]
+        glue_study.run(_glue(cfg), "tune", [
+            "instruct.py", "train", f"--data={p['train']}", f"--data_root={cfg.data_root}",
+            f"--out_dir={out}", *start, *shlex.split(cfg.tune_flags)])
+
+
+def generate(cfg: StudyConfig) -> None:
+    p = _paths(cfg)
+    for corpus in CORPORA:
+        _require(cfg, p[f"{corpus}_instruct"], "tune")
+        # instruct.py generate skips the questions already answered in --out
+        glue_study.run(_glue(cfg), "generate", [
+            "instruct.py", "generate", f"--init_from={p[f'{corpus}_instruct']}", f"--questions={p['questions']}",
+            f"--out={p[f'{corpus}_answers']}", f"--name={corpus}_instruct",
+            f"--max_new_tokens={cfg.max_new_tokens}"])
+
+
+def _answers(cfg: StudyConfig) -> str:
+    p = _paths(cfg)
+    return ",".join(str(p[f"{c}_answers"]) for c in CORPORA)
+
+
+def judge(cfg: StudyConfig) -> None:
+    # instruct.py judge never asks for a finished judgement twice
+    glue_study.run(_glue(cfg), "judge", [
+        "instruct.py", "judge", f"--answers={_answers(cfg)}", f"--out={_paths(cfg)['judgements']}",
+        f"--limit={cfg.judge_limit}", *shlex.split(cfg.judge_flags)])
+
+
+def report(cfg: StudyConfig) -> None:
+    p = _paths(cfg)
+    glue_study.run(_glue(cfg), "report", [
+        "instruct.py", "report", f"--answers={_answers(cfg)}", f"--judgements={p['judgements']}",
+        f"--eval_root={cfg.data_root}", f"--reference={p['leaner_llama']}",
+        f"--out_dir={Path(cfg.out_dir) / 'report'}"])
+
+
+def main(cfg: StudyConfig) -> None:
+    for name in STEPS:
+        if cfg.step in ("all", name):
+            globals()[name](cfg)
+
+
+if __name__ == "__main__":
+    config_lib.run_cli(main, StudyConfig())
