@@ -53,10 +53,11 @@ class ConvertConfig:
     data_root: str = DEFAULT_ROOT   # the TinyHelen folder
     sources: str = "math,code,glue"  # comma-separated: math, code, glue, simplified:PATH
     out: str = "out/instruct/train.jsonl"
+    glue_per_task: int = setting(0, min=0)  # a seeded sample of N train rows per Glue task (0: all)
 
 
 def run_convert(cfg: ConvertConfig) -> list[dict]:
-    rows, dropped = convert(cfg.data_root, [s for s in cfg.sources.split(",") if s])
+    rows, dropped = convert(cfg.data_root, [s for s in cfg.sources.split(",") if s], cfg.glue_per_task)
     with atomic_jsonl(cfg.out) as f:
         for row in rows:
             f.write(row)

@@ -116,15 +116,23 @@ def glue_answer(task: str, label) -> str:
     return answers[int(label)]
 
 
-def convert_glue(root: str | Path) -> list[dict]:
-    """Every Leaner-Glue *train* file present, each row a question with its answer in words."""
+def convert_glue(root: str | Path, per_task: int = 0) -> list[dict]:
+    """Every Leaner-Glue *train* file present, each row a question with its answer in words; with
+    per_task, a seeded sample of that many rows of each task (in file order). The answers are a
+    handful of fixed sentences, so a set made mostly of them teaches a tiny model to give one of
+    those sentences to any question: per_task keeps them from outnumbering the open answers."""
+    import random
     rows = []
     for task in GLUE_TASKS:
         path = Path(root) / "leaner" / "glue" / f"{task}_train.jsonl"
         if not path.is_file():
             continue
         question = GLUE_QUESTIONS[task][0]
-        for e in read_glue_file(path, task):
+        examples = read_glue_file(path, task)
+        if per_task and len(examples) > per_task:
+            keep = sorted(random.Random(f"glue:{task}").sample(range(len(examples)), per_task))
+            examples = [examples[i] for i in keep]
+        for e in examples:
             rows.append(_row(f"glue:{task}", question.format(*e.texts), "", glue_answer(task, e.label)))
     return rows
 
@@ -133,15 +141,17 @@ def convert_simplified(path: str | Path) -> list[dict]:
     return [_row("simplified", r.instruction, r.input, r.output) for r in read_instructions(path)]
 
 
-def convert(root: str | Path, sources: list[str]) -> tuple[list[dict], int]:
+def convert(root: str | Path, sources: list[str], glue_per_task: int = 0) -> tuple[list[dict], int]:
     """(rows from each named source (SOURCES, or simplified:PATH), how many were dropped because they
-    share a hash or text with held-out data (forbidden_texts))."""
+    share a hash or text with held-out data (forbidden_texts)); glue_per_task: convert_glue's."""
     rows = []
     for source in sources:
         if source.startswith("simplified:"):
             rows += convert_simplified(source.partition(":")[2])
+        elif source == "glue":
+            rows += convert_glue(root, glue_per_task)
         elif source in SOURCES:
-            rows += {"math": convert_math, "code": convert_code, "glue": convert_glue}[source](root)
+            rows += {"math": convert_math, "code": convert_code}[source](root)
         else:
             raise DataError(f"unknown instruction source {source!r}: use {', '.join(SOURCES)} "
                             f"or simplified:PATH")

@@ -126,6 +126,21 @@ def test_converted_sets_share_no_hash_or_text_with_eval_or_test_data(shared_data
             assert normalise(text) not in held_texts, r
 
 
+def test_glue_per_task_is_a_seeded_sample_of_each_task(shared_data):
+    from instruct_data import convert_glue
+    every = convert_glue(shared_data)
+    capped = convert_glue(shared_data, per_task=50)
+    tasks = sorted({r["source"] for r in every})
+    assert len(tasks) >= 5
+    for task in tasks:
+        rows = [r for r in every if r["source"] == task]
+        kept = [r for r in capped if r["source"] == task]
+        assert len(kept) == min(50, len(rows))
+        positions = [rows.index(r) for r in kept]  # real rows of that task, in file order
+        assert positions == sorted(positions) and positions != list(range(len(kept)))
+    assert convert_glue(shared_data, per_task=50) == capped  # the same sample every time
+
+
 def test_an_eval_question_in_training_data_is_refused(shared_data, tmp_path):
     q = read_eval(shared_data, "split-9-10")[0].question
     path = tmp_path / "simplified.jsonl"

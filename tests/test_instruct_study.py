@@ -28,7 +28,7 @@ def test_study_commands(tmp_path):
     assert cmds[2].replace("leaner", "X") == cmds[3].replace("ori", "X")
     assert cmds[5].replace("leaner", "X") == cmds[6].replace("ori", "X")
     assert cmds[7].replace("leaner_instruct", "X") == cmds[8].replace("ori_instruct", "X")
-    assert f"--data={tmp_path}/instructions.jsonl" in cmds[5]
+    assert f"--data={tmp_path}/instructions.jsonl" in cmds[5] and "--sources=math,code" in cmds[4]
     assert "--questions=../shared/data/tinyhelen/leaner/eval/all.jsonl" in cmds[7]
     assert f"--answers={tmp_path}/answers/leaner_instruct.jsonl,{tmp_path}/answers/ori_instruct.jsonl" in cmds[9]
     assert "--limit=240" in cmds[9] and f"--reference={tmp_path}/leaner_llama" in cmds[10]
