@@ -20,9 +20,10 @@ pre-training make a tiny instruction-tuned Llama answer Leaner-Eval better than 
   generate  greedy answers of both to every Leaner-Eval question (all.jsonl)
   judge     the local LLM judge (instruct.py judge, two passes with other shuffles) on a seeded
             sample of --judge_limit questions, which the report breaks down by Leaner-Eval split
-  report    instruct.py report: scores with 95% intervals, the judge's self-agreement and position
-            bias, and the model-free measures (length, distinct-n, repetition, words outside the
-            core vocabulary, perplexity under --reference or the leaner pre-trained run)
+  report    instruct.py report, twice (OUT_DIR/report_leaner_reference, report_ori_reference):
+            scores with 95% intervals, the judge's self-agreement and position bias, and the
+            model-free measures (length, distinct-n, repetition, words outside the core vocabulary,
+            perplexity under each pre-trained run in turn)
 
 Each step runs the project's own commands, printed before they run, and skips what is done: a
 finished run, a written file, an answered question, a finished judgement. The wall time of every
@@ -147,11 +148,14 @@ def judge(cfg: StudyConfig) -> None:
 
 
 def report(cfg: StudyConfig) -> None:
+    """Twice, once with each pre-trained run as the perplexity reference: a reference pre-trained on
+    one corpus favours answers in that corpus's language, so neither alone is neutral."""
     p = _paths(cfg)
-    glue_study.run(_glue(cfg), "report", [
-        "instruct.py", "report", f"--answers={_answers(cfg)}", f"--judgements={p['judgements']}",
-        f"--eval_root={cfg.data_root}", f"--reference={p['leaner_llama']}",
-        f"--out_dir={Path(cfg.out_dir) / 'report'}"])
+    for corpus in CORPORA:
+        glue_study.run(_glue(cfg), "report", [
+            "instruct.py", "report", f"--answers={_answers(cfg)}", f"--judgements={p['judgements']}",
+            f"--eval_root={cfg.data_root}", f"--reference={p[f'{corpus}_llama']}",
+            f"--out_dir={Path(cfg.out_dir) / f'report_{corpus}_reference'}"])
 
 
 def main(cfg: StudyConfig) -> None:

@@ -22,7 +22,8 @@ def test_study_commands(tmp_path):
     assert [" ".join(c.split()[:2]) for c in cmds] == [
         "data/prepare.py --corpus=leaner", "data/prepare.py --corpus=ori", "train.py configs/instruct_pretrain.py",
         "train.py configs/instruct_pretrain.py", "instruct.py convert", "instruct.py train", "instruct.py train",
-        "instruct.py generate", "instruct.py generate", "instruct.py judge", "instruct.py report"]
+        "instruct.py generate", "instruct.py generate", "instruct.py judge", "instruct.py report",
+        "instruct.py report"]
     assert f"--tokenizer={tmp_path}/data/leaner/tokenizer.json" in cmds[1]  # one tokenizer for both corpora
     # the two arms differ only in their corpus
     assert cmds[2].replace("leaner", "X") == cmds[3].replace("ori", "X")
@@ -31,7 +32,9 @@ def test_study_commands(tmp_path):
     assert f"--data={tmp_path}/instructions.jsonl" in cmds[5] and "--sources=math,code" in cmds[4]
     assert "--questions=../shared/data/tinyhelen/leaner/eval/all.jsonl" in cmds[7]
     assert f"--answers={tmp_path}/answers/leaner_instruct.jsonl,{tmp_path}/answers/ori_instruct.jsonl" in cmds[9]
-    assert "--limit=240" in cmds[9] and f"--reference={tmp_path}/leaner_llama" in cmds[10]
+    assert "--limit=240" in cmds[9]
+    assert f"--reference={tmp_path}/leaner_llama --out_dir={tmp_path}/report_leaner_reference" in cmds[10]
+    assert f"--reference={tmp_path}/ori_llama --out_dir={tmp_path}/report_ori_reference" in cmds[11]
     assert not (tmp_path / "times.jsonl").exists()
 
 
