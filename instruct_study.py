@@ -56,7 +56,7 @@ class StudyConfig:
     glue_per_task: int = setting(0, min=0)  # with glue in sources: rows per task (0: all)
     tune_flags: str = "--max_steps=400 --batch_size=16 --lr=1e-3 --min_lr=1e-4 --eval_every=50 --threads=1"
     max_new_tokens: int = setting(128, min=1)
-    judge_limit: int = setting(240, min=0)   # questions judged (0: all 1,594)
+    judge_limit: int = setting(300, min=0)   # questions judged, a seeded sample (0: all 1,594)
     judge_flags: str = ""            # e.g. --base_url=... --model=... for a stronger judge
     dry_run: bool = False            # print the commands without running them
 

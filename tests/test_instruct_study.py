@@ -32,7 +32,7 @@ def test_study_commands(tmp_path):
     assert f"--data={tmp_path}/instructions.jsonl" in cmds[5] and "--sources=math,code" in cmds[4]
     assert "--questions=../shared/data/tinyhelen/leaner/eval/all.jsonl" in cmds[7]
     assert f"--answers={tmp_path}/answers/leaner_instruct.jsonl,{tmp_path}/answers/ori_instruct.jsonl" in cmds[9]
-    assert "--limit=240" in cmds[9]
+    assert "--limit=300" in cmds[9]
     assert f"--reference={tmp_path}/leaner_llama --out_dir={tmp_path}/report_leaner_reference" in cmds[10]
     assert f"--reference={tmp_path}/ori_llama --out_dir={tmp_path}/report_ori_reference" in cmds[11]
     assert not (tmp_path / "times.jsonl").exists()
