@@ -3,7 +3,7 @@
     python curriculum.py configs/curriculum_proxy.py --strategy=self_loss [--reverse] [--key=value ...]
     python curriculum.py configs/curriculum_proxy.py --strategy=reference_loss --reference=out/some_run
     python curriculum.py configs/curriculum_proxy.py --strategy=multi_round --rounds=2 --keep_fraction=0.5
-    python curriculum_experiment.py configs/curriculum_experiment.py     # every strategy, 3 seeds, the table
+    python studies/curriculum_strategies.py configs/curriculum_experiment.py     # every strategy, 3 seeds, the table
 
 Every key of train.py works too (CurriculumConfig extends TrainConfig), and --resume continues a
 killed run exactly: the subset, the order, the growth count, the best loss, the patience count, the
@@ -43,13 +43,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import config as config_lib
-import machine as machine_lib
-from checkpoint import CheckpointError, load_model
-from config import setting
+from tinyhelen import config as config_lib
+from tinyhelen import machine as machine_lib
+from tinyhelen.checkpoint import CheckpointError, load_model
+from tinyhelen.config import setting
 from data.documents import Documents, PackedDocuments, packed_positions
 from data.tokens import read_meta
-from scoring import score_documents, score_windows, window_batch
+from tinyhelen.scoring import score_documents, score_windows, window_batch
 from trainer import Trainer, TrainConfig, learning_rate
 
 STRATEGIES = ("random", "sentence_length", "self_loss", "reference_loss", "full_repeated", "full_random",
@@ -341,7 +341,7 @@ def check_reference(cfg: CurriculumConfig, meta: dict) -> None:
     """The reference model must exist and read the same tokens as this data, before any compute."""
     if cfg.strategy != "reference_loss":
         return
-    from checkpoint import load_checkpoint
+    from tinyhelen.checkpoint import load_checkpoint
     ckpt = load_checkpoint(cfg.reference)
     theirs = ckpt.get("data_meta", {})
     if theirs and (theirs.get("tokenizer_name"), theirs.get("vocab_size")) != (meta.get("tokenizer_name"),

@@ -11,7 +11,7 @@ tokenizer (tokenizer.json, tokenizer_config.json, special_tokens_map.json), so t
 document, as sample.py does) and bos (the tokenizer starts each prompt with it, as sample.py does).
 The run's tokenizer.json is kept beside them as tinyhelen_tokenizer.json.
 
---gguf writes one GGUF file instead (interop_gguf.py), which llama.cpp loads and runs: the Llama,
+--gguf writes one GGUF file instead (tinyhelen/interop_gguf.py), which llama.cpp loads and runs: the Llama,
 and Mamba-1 / Mamba-2 without an MLP after each mixer, with a gpt-2K tokenizer.
 
 Mistakes (no checkpoint, a model the format cannot hold, an unwritable destination) exit with code
@@ -25,10 +25,10 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import config as config_lib
-import interop
-import interop_gguf
-from checkpoint import CheckpointError, load_model
+from tinyhelen import config as config_lib
+from tinyhelen import interop
+from tinyhelen import interop_gguf
+from tinyhelen.checkpoint import CheckpointError, load_model
 
 
 @dataclass

@@ -27,7 +27,7 @@ Pearson and Spearman; mnli matched accuracy; accuracy otherwise); the best step'
 memory and scored on the test file. Each run ends with one JSON line (task, dev, test, settings) that
 is also written to OUT_DIR/TASK/lr{LR}_seed{SEED}/result.json; a sweep restarted with the same
 command skips the runs that have one (a run that was interrupted starts again from its beginning).
-The sweep ends by writing OUT_DIR/summary.md and summary.png (glue_report.py aggregates several
+The sweep ends by writing OUT_DIR/summary.md and summary.png (tinyhelen/glue_report.py aggregates several
 sweeps into one table and chart).
 """
 
@@ -47,11 +47,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import config as config_lib
-import machine as machine_lib
-from atomic import atomic_write_json
-from checkpoint import CheckpointError, build_model, load_source
-from config import setting
+from tinyhelen import config as config_lib
+from tinyhelen import machine as machine_lib
+from tinyhelen.atomic import atomic_write_json
+from tinyhelen.checkpoint import CheckpointError, build_model, load_source
+from tinyhelen.config import setting
 from data.corpus import GLUE_TASKS, DataError
 from data.documents import Documents, PaddedDocuments, padded_batches
 from data.tasks import glue_file, glue_splits, glue_task, holdout, read_glue, read_glue_file
@@ -416,7 +416,7 @@ def resolve_start(cfg: GlueConfig) -> Start:
                                          "tokenizer.json): the one the compared pre-trained models use")
         model_config, meta = cfg.model, {}
         tokenizer = load_tokenizer_from(cfg.tokenizer)
-    from checkpoint import model_class
+    from tinyhelen.checkpoint import model_class
     if not hasattr(model_class(type(model_config).__name__)[1], "hidden_states"):
         raise config_lib.ConfigError(f"{type(model_config).__name__.removesuffix('Config')} has no "
                                      f"hidden_states(idx) yet, which the classifier reads")
@@ -537,8 +537,8 @@ def plan(cfg: GlueConfig) -> tuple[Start, dict[str, TaskData], list[tuple[str, f
 
 
 def sweep(cfg: GlueConfig) -> list[dict]:
-    from glue_report import write_summary
-    from metrics import measure_peak_flops
+    from tinyhelen.glue_report import write_summary
+    from tinyhelen.metrics import measure_peak_flops
     start, data, runs = plan(cfg)
     for task, d in data.items():
         notes = f"train {len(d.train.labels)} ({d.train.source}), " + ", ".join(

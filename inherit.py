@@ -42,11 +42,11 @@ from pathlib import Path
 
 import torch
 
-import config as config_lib
-from atomic import atomic_write_json
-from checkpoint import CheckpointError, atomic_torch_save, build_model, load_checkpoint, \
+from tinyhelen import config as config_lib
+from tinyhelen.atomic import atomic_write_json
+from tinyhelen.checkpoint import CheckpointError, atomic_torch_save, build_model, load_checkpoint, \
     model_config_from_dict
-from config import setting
+from tinyhelen.config import setting
 from model_llama import Llama, LlamaConfig
 
 

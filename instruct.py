@@ -11,8 +11,8 @@
 train runs the shared Trainer (trainer.py) on instruction rows formatted as the release does,
 `### TASK INPUT:\\n{instruction}[\\n{input}]\\n\\n### RESPONSE:\\n{output}` then end-of-text, the loss
 on the response only (--loss_on=response, the default) or on every token (--loss_on=all, as the
-reference did); config, checkpoints, --resume and metrics are train.py's. instruct_data.py has the
-converters, the held-out check and the batches; judge.py the judging, its agreement and the report.
+reference did); config, checkpoints, --resume and metrics are train.py's. tinyhelen/instruct_data.py has the
+converters, the held-out check and the batches; tinyhelen/judge.py the judging, its agreement and the report.
 
 generate answers any file of {"question": ...} rows (Leaner-Eval's all.jsonl or its split files) in
 batches of prompts of different lengths, left-padded (model_common.generate), greedy by default.
@@ -32,14 +32,14 @@ from pathlib import Path
 
 import torch
 
-import config as config_lib
-import machine as machine_lib
-from atomic import append_line, atomic_jsonl, read_lines
-from checkpoint import CheckpointError, load_model, load_source
-from config import ConfigError, setting
+from tinyhelen import config as config_lib
+from tinyhelen import machine as machine_lib
+from tinyhelen.atomic import append_line, atomic_jsonl, read_lines
+from tinyhelen.checkpoint import CheckpointError, load_model, load_source
+from tinyhelen.config import ConfigError, setting
 from data.corpus import DataError, get_field, iter_json_lines, task_prompt
 from data.tasks import read_instructions
-from instruct_data import InstructionBatches, all_batches, check_no_leak, convert, encode, forbidden_texts
+from tinyhelen.instruct_data import InstructionBatches, all_batches, check_no_leak, convert, encode, forbidden_texts
 from model_common import pad_left
 from trainer import Trainer, TrainConfig
 
@@ -133,7 +133,7 @@ def instruction_tune(cfg: InstructConfig) -> Trainer:
     if cfg.resume:
         # the Trainer builds cfg.model before reading the checkpoint, and an init_from run's
         # architecture came with its weights, not with --model: take it from the checkpoint
-        from checkpoint import load_checkpoint, model_config_from_dict
+        from tinyhelen.checkpoint import load_checkpoint, model_config_from_dict
         saved = load_checkpoint(Path(cfg.out_dir) / "ckpt.pt")["config"]["model"]
         cfg = dataclasses.replace(cfg, model=model_config_from_dict(saved))
     source = InstructionBatches(train_enc, cfg.batch_size, cfg.loss_on, tokenizer.eot_id, cfg.seed)
@@ -258,7 +258,7 @@ COMMANDS = {"convert": (run_convert, ConvertConfig), "train": (instruction_tune,
 
 
 def _commands():
-    import judge
+    from tinyhelen import judge
     return {**COMMANDS, "judge": (judge.run_judge, judge.JudgeConfig),
             "report": (judge.run_report, judge.ReportConfig)}
 

@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 import tinykernels
-from sampling import sample_next_token
+from tinyhelen.sampling import sample_next_token
 
 
 class Linear(nn.Module):
@@ -94,7 +94,7 @@ class LanguageModel(nn.Module):
                  top_k: int | None = None, top_p: float | None = None, eot_id: int | None = None,
                  generator: torch.Generator | None = None,
                  left_pad: torch.Tensor | None = None) -> torch.Tensor:
-        """idx (B, T) prompt -> (B, T + n) with n <= max_new_tokens new tokens (sampling.py's
+        """idx (B, T) prompt -> (B, T + n) with n <= max_new_tokens new tokens (tinyhelen/sampling.py's
         temperature / top-k / top-p; temperature 0 is greedy).
 
         The prompt runs once (prefill), then one token per step (decode). With eot_id, a row that

@@ -24,7 +24,7 @@ original checkpoints do, and rotate each pair as one complex multiplication. On 
 vectorised op, about 3x faster than the "rotate half" form (pairs j and j + Dh/2) that
 `transformers` uses. The two conventions differ only in the order of the dimensions inside a head,
 which attention scores do not depend on, so export and import permute the q/k rows and the logits
-stay the same (interop.py, which also transposes the matrices and splits q/k/v and gate/up).
+stay the same (tinyhelen/interop.py, which also transposes the matrices and splits q/k/v and gate/up).
 
 Where the speed is. The model calls four ops from tinykernels/: attention, rms_norm, swiglu and
 cross_entropy. Each picks fused C kernels on CPU, Triton on CUDA or PyTorch, and the plain formula
@@ -222,14 +222,14 @@ class Llama(LanguageModel):
         0..pos-1: forward() for one position, written out for speed (tinykernels/decode.py)."""
         return decode_step(self, tokens, cache, pos)
 
-    # ---------------------------------------------------------------- transformers format (interop.py)
+    # ---------------------------------------------------------------- transformers format (tinyhelen/interop.py)
     def save_hf(self, folder: str | os.PathLike, eos_token_id: int | None = None) -> None:
         """Write a folder that `transformers.LlamaForCausalLM.from_pretrained` loads."""
-        import interop
+        from tinyhelen import interop
         interop.save_hf(self, folder, eos_token_id)
 
     @classmethod
     def from_hf(cls, folder: str | os.PathLike) -> "Llama":
         """Load a `transformers` Llama folder; ValueError for features this model does not have."""
-        import interop
+        from tinyhelen import interop
         return interop.load_hf(folder, expect=cls)

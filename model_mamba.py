@@ -18,7 +18,7 @@ The mixers:
 Generation carries, per layer, the last K-1 conv inputs and the SSM state, so each new token costs
 the same whatever the length so far (see generation in the Mamba class). RMSNorm, the gated MLP,
 the generation loop and the parameter count are the Llama's (model_common.py). Parameter names
-follow `transformers`; interop.py converts to and from its MambaForCausalLM (Mamba-1),
+follow `transformers`; tinyhelen/interop.py converts to and from its MambaForCausalLM (Mamba-1),
 Mamba2ForCausalLM (Mamba-2) or, for Mamba-2 blocks with an MLP, BambaForCausalLM (the same Mamba-2
 mixer followed by the same gated MLP, with no attention layers).
 """
@@ -351,14 +351,14 @@ class Mamba(LanguageModel):
             states.append((window, h))
         return states
 
-    # ------------------------------------------------------------------ transformers format (interop.py)
+    # ------------------------------------------------------------------ transformers format (tinyhelen/interop.py)
     def save_hf(self, folder, eos_token_id: int | None = None) -> None:
         """Write a folder that transformers' MambaForCausalLM / Mamba2ForCausalLM / BambaForCausalLM loads."""
-        import interop
+        from tinyhelen import interop
         interop.save_hf(self, folder, eos_token_id)
 
     @classmethod
     def from_hf(cls, folder) -> "Mamba":
         """A model from a folder written by save_hf or by transformers' save_pretrained."""
-        import interop
+        from tinyhelen import interop
         return interop.load_hf(folder, expect=cls)

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import torch
 
-import config as config_lib
-import machine as machine_lib
-from checkpoint import CheckpointError, load_model
-from config import setting
+from tinyhelen import config as config_lib
+from tinyhelen import machine as machine_lib
+from tinyhelen.checkpoint import CheckpointError, load_model
+from tinyhelen.config import setting
 
 
 @dataclass

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-import config as config_lib
-import machine as machine_lib
-from atomic import atomic_write_json
-from checkpoint import CheckpointError
+from tinyhelen import config as config_lib
+from tinyhelen import machine as machine_lib
+from tinyhelen.atomic import atomic_write_json
+from tinyhelen.checkpoint import CheckpointError
 from data.tokens import TokenBatches, open_tokens, read_meta
 from trainer import Trainer, TrainConfig, learning_rate  # noqa: F401  (learning_rate: used by tests)
 
@@ -77,7 +77,7 @@ def check_same_tokenizer(cfg: TrainConfig, meta: dict) -> None:
     """init_from a run trained on other tokens: its embedding rows would mean other strings."""
     if not cfg.init_from:
         return
-    from checkpoint import load_checkpoint
+    from tinyhelen.checkpoint import load_checkpoint
     path = Path(cfg.init_from)
     if not path.exists() or path.is_dir() and not (path / "ckpt.pt").is_file():
         return  # missing (the Trainer says so) or a transformers folder: no tokenizer record to compare

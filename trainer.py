@@ -42,12 +42,12 @@ from typing import Any, Callable
 
 import torch
 
-import config as config_lib
-import machine as machine_lib
-from checkpoint import atomic_torch_save, build_model, load_checkpoint, load_matching_weights, load_source, \
+from tinyhelen import config as config_lib
+from tinyhelen import machine as machine_lib
+from tinyhelen.checkpoint import atomic_torch_save, build_model, load_checkpoint, load_matching_weights, load_source, \
     model_config_from_dict, rng_state, set_rng_state
-from config import setting
-from metrics import MetricsLog, measure_peak_flops, plot_losses
+from tinyhelen.config import setting
+from tinyhelen.metrics import MetricsLog, measure_peak_flops, plot_losses
 from model_llama import LlamaConfig
 
 

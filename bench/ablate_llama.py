@@ -25,11 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-import config  # noqa: E402
+from tinyhelen import config  # noqa: E402
 import model_common  # noqa: E402
 import model_llama  # noqa: E402
 from tinykernels import attention_cpu, ops  # noqa: E402
-from machine import keep_freed_memory_mapped  # noqa: E402
+from tinyhelen.machine import keep_freed_memory_mapped  # noqa: E402
 
 
 @dataclass

@@ -77,7 +77,7 @@ def main() -> None:
     args = ap.parse_args()
 
     import transformers
-    from interop import save_hf
+    from tinyhelen.interop import save_hf
     model = build_model(args.model, args.mixer)
     with tempfile.TemporaryDirectory() as folder:
         save_hf(model, folder)

@@ -38,10 +38,10 @@ if str(REPO_ROOT) not in sys.path:
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-import config  # noqa: E402
-import interop  # noqa: E402
-import machine as machine_lib  # noqa: E402
-from config import setting  # noqa: E402
+from tinyhelen import config  # noqa: E402
+from tinyhelen import interop  # noqa: E402
+from tinyhelen import machine as machine_lib  # noqa: E402
+from tinyhelen.config import setting  # noqa: E402
 from finetune_glue import GlueBatches, SequenceClassifier, encode  # noqa: E402
 from data.tasks import read_glue  # noqa: E402
 from model_llama import Llama, LlamaConfig  # noqa: E402

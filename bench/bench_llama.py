@@ -45,9 +45,9 @@ if str(REPO_ROOT) not in sys.path:
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-import config  # noqa: E402
+from tinyhelen import config  # noqa: E402
 from model_llama import Llama, LlamaConfig  # noqa: E402
-from machine import cpu_supports_bf16, keep_freed_memory_mapped  # noqa: E402
+from tinyhelen.machine import cpu_supports_bf16, keep_freed_memory_mapped  # noqa: E402
 
 
 @dataclass

@@ -30,12 +30,12 @@ if str(REPO_ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-import config  # noqa: E402
-import machine as machine_lib  # noqa: E402
-from config import setting  # noqa: E402
+from tinyhelen import config  # noqa: E402
+from tinyhelen import machine as machine_lib  # noqa: E402
+from tinyhelen.config import setting  # noqa: E402
 from data.documents import Documents  # noqa: E402
 from model_llama import Llama, LlamaConfig  # noqa: E402
-from scoring import score_documents, score_documents_plainly  # noqa: E402
+from tinyhelen.scoring import score_documents, score_documents_plainly  # noqa: E402
 
 
 @dataclass

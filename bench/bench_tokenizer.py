@@ -26,7 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-import config  # noqa: E402
+from tinyhelen import config  # noqa: E402
 from data.corpus import iter_documents  # noqa: E402
 from data.prepare import SHARED_DATA  # noqa: E402
 from data.tokenizer import Tokenizer, train_bpe  # noqa: E402

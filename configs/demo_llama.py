@@ -4,7 +4,7 @@
     python train.py configs/demo_llama.py
     python sample.py --out_dir=out/demo_llama
 
-Chosen by a sweep (bench/demo_sweep.py, figures in docs/benchmarks.md) on the slowest CPU this project
+Chosen by a sweep (studies/demo_sweep.py, figures in docs/benchmarks.md) on the slowest CPU this project
 has seen, a 2-core EPYC with AVX2 only (no native bf16, so fp32): at ten minutes, training is short
 of tokens, not of parameters. Widths 256 (2.9M and 4.4M non-embedding parameters) saw 1.1-1.8M tokens
 and ended at 1.86-2.05 validation bits per byte; width 192 (1.6M) saw 2.7M tokens, 1.69; width 128

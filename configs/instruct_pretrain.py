@@ -1,14 +1,14 @@
-"""Pre-training for the instruction-following experiment (instruct_study.py, issue 12): one Llama on
+"""Pre-training for the instruction-following experiment (studies/instruction_following.py, issue 12): one Llama on
 the leaner corpus and one on the original, same shape, tokenizer and budget.
 
-    python instruct_study.py --step=pretrain      # both; or by hand:
+    python studies/instruction_following.py --step=pretrain      # both; or by hand:
     python train.py configs/instruct_pretrain.py --data_dir=out/instruct_study/data/leaner \
         --out_dir=out/instruct_study/leaner_llama
 
 The CPU demo's shape (configs/demo_llama.py: 4 layers, width 128, 0.73M non-embedding parameters),
 the one that did best for ten minutes of 2-core training, on 600 steps of 16 x 256 tokens = 2.5M
 tokens (about 1.6 passes over the leaner train split's four genres, 1.2 over the original's). Both
-corpora use one tokenizer, trained on the leaner text (instruct_study.py's prepare step, as the
+corpora use one tokenizer, trained on the leaner text (studies/instruction_following.py's prepare step, as the
 Leaner-Glue study's), so instruction data and questions are the same token sequences for both.
 """
 from model_llama import LlamaConfig

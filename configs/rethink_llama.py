@@ -1,9 +1,9 @@
 """The training config shared by the three experiments of "Rethinking Optimization and Architecture
 for Tiny Language Models" (issue 14): the CPU demo's Llama shape, on a budget that fits 2 cores.
 
-    python tokenizer_study.py --base=configs/rethink_llama.py ...   # compact tokenizers
-    python sweep.py --base=configs/rethink_llama.py ...             # depth against width
-    python inherit_study.py --base=configs/rethink_llama.py ...     # parameter inheritance
+    python studies/tokenizer_choice.py --base=configs/rethink_llama.py ...   # compact tokenizers
+    python studies/depth_width.py --base=configs/rethink_llama.py ...             # depth against width
+    python studies/inheritance.py --base=configs/rethink_llama.py ...     # parameter inheritance
 
 Model: configs/demo_llama.py's (4 layers, width 128, 4 heads over 2 kv heads, FFN 344; 0.73M
 non-embedding parameters), the shape that did best for ten minutes of 2-core training.

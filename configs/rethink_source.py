@@ -2,7 +2,7 @@
 out of (issue 14):
 
     python train.py configs/rethink_source.py
-    python inherit_study.py --from=out/rethink/source --to=configs/rethink_llama.py \
+    python studies/inheritance.py --from=out/rethink/source --to=configs/rethink_llama.py \
         --base=configs/rethink_llama.py ...
 
 6 layers, width 192, 6 heads over 3 kv heads (head dim 32 and 2 query heads per kv head, as the

@@ -1,8 +1,8 @@
 """Leaner-Glue study, pre-training: the Llama (pair of configs/study_mamba.py), on 2 CPU cores.
 
-    python glue_study.py --step=pretrain    # this and the Mamba, each on the leaner and the original corpus
+    python studies/glue.py --step=pretrain    # this and the Mamba, each on the leaner and the original corpus
 
-or by hand (the data from glue_study.py --step=prepare: one tokenizer, trained on leaner, for both corpora):
+or by hand (the data from studies/glue.py --step=prepare: one tokenizer, trained on leaner, for both corpora):
 
     python train.py configs/study_llama.py --data_dir=out/study/data/leaner --out_dir=out/study/leaner_llama
     python train.py configs/study_llama.py --data_dir=out/study/data/ori --out_dir=out/study/ori_llama

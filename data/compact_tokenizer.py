@@ -39,9 +39,9 @@ elif str(REPO_ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 import tiktoken  # noqa: E402
 
-import config  # noqa: E402
-from atomic import atomic_write_json  # noqa: E402
-from config import setting  # noqa: E402
+from tinyhelen import config  # noqa: E402
+from tinyhelen.atomic import atomic_write_json  # noqa: E402
+from tinyhelen.config import setting  # noqa: E402
 from data.corpus import CORPORA, DEFAULT_SCALE, SPLITS, DataError, available_genres, check_genres, \
     iter_documents  # noqa: E402
 from data.tokenizer import Tokenizer, load_tokenizer  # noqa: E402

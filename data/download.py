@@ -27,7 +27,7 @@ import requests
 from tqdm import tqdm
 
 from data.corpus import _FILE_NAME, GENRES, SPLITS
-from atomic import fsync_dir
+from tinyhelen.atomic import fsync_dir
 
 BASE_URL = "https://raw.githubusercontent.com/EmpathYang/TinyHelen/main/data/"
 # Path below data/, size in bytes, sha256 — the 10M scale, computed from ../shared/data/tinyhelen.
@@ -202,7 +202,7 @@ def download_file(url: str, dest: str | Path, size: int | None = None, sha256: s
             time.sleep(min(wait if wait is not None else backoff * 2 ** (failures - 1), 60.0))
     _verify(part, url, size, sha256)
     # The .part file is the download's own resumable temp file, so it is renamed here rather than
-    # written through atomic_file; synced first, and the folder after, as atomic.py does.
+    # written through atomic_file; synced first, and the folder after, as tinyhelen/atomic.py does.
     with open(part, "rb") as f:
         os.fsync(f.fileno())
     os.replace(part, dest)

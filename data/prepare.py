@@ -27,7 +27,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 # Run as `python data/prepare.py`, Python puts data/ first on sys.path; the repo root must be there
-# instead, so that config.py and the data package are found (and data/*.py shadow nothing).
+# instead, so that tinyhelen/config.py and the data package are found (and data/*.py shadow nothing).
 if sys.path and Path(sys.path[0]).resolve() == REPO_ROOT / "data":
     sys.path[0] = str(REPO_ROOT)
 elif str(REPO_ROOT) not in sys.path:
@@ -36,11 +36,11 @@ elif str(REPO_ROOT) not in sys.path:
 import numpy as np  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-import config  # noqa: E402
+from tinyhelen import config  # noqa: E402
 from data.corpus import (CORPORA, DEFAULT_SCALE, GENRES, SPLITS, DataError,  # noqa: E402
                          available_genres, check_genres, iter_documents)
 from data.download import DownloadError, download_release  # noqa: E402
-from atomic import atomic_file, atomic_write_bytes  # noqa: E402
+from tinyhelen.atomic import atomic_file, atomic_write_bytes  # noqa: E402
 from data.tokenizer import Tokenizer, load_tokenizer  # noqa: E402
 
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "tinyhelen"

@@ -27,7 +27,7 @@ from typing import Iterable, Sequence
 
 import tiktoken
 
-from atomic import atomic_write_bytes
+from tinyhelen.atomic import atomic_write_bytes
 
 EOT = "<|endoftext|>"
 GPT2K_NAME = "gpt-2K"

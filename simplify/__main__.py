@@ -1,6 +1,6 @@
 """Command line: python -m simplify {run,stats,serve,vocab} [config files] [--key=value ...]
 
-Each subcommand has a config dataclass read through the project's one config system (config.py),
+Each subcommand has a config dataclass read through the project's one config system (tinyhelen/config.py),
 so unknown keys, wrong types and out-of-range values are errors that name the flag or file line.
 Exit codes: 2 when the command is wrong (a flag, a missing or unreadable input file, a missing model
 package; no output is written, and a missing input stops before any server starts); 1 when the run
@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
 
-import config
-from atomic import atomic_write_json, atomic_write_text
-from config import setting
+from tinyhelen import config
+from tinyhelen.atomic import atomic_write_json, atomic_write_text
+from tinyhelen.config import setting
 from simplify.io import DataError, genre_of_path, iter_documents, list_files
 from simplify.pipeline import RunConfig, known_genres
 
@@ -123,7 +123,7 @@ def stats_main(cfg: StatsConfig) -> dict:
 def _start_server(stack: ExitStack, **kw):
     """A LocalServer entered on stack; a missing model package or file is the user's to fix (exit 2),
     a server that fails once started is a failed run (exit 1)."""
-    from chat import LocalServer, ServerError
+    from tinyhelen.llm import LocalServer, ServerError
 
     try:
         server = LocalServer(**kw)
@@ -139,7 +139,7 @@ def _start_server(stack: ExitStack, **kw):
 
 
 def run_main(cfg: RunConfig) -> dict:
-    from chat import MODEL_ALIAS, ChatClient, FatalClientError
+    from tinyhelen.llm import MODEL_ALIAS, ChatClient, FatalClientError
     from simplify.pipeline import endpoint_from, run
 
     if not cfg.input:

@@ -7,7 +7,7 @@ plain or zstandard; the original conversations as ONE JSON array of strings; ori
 untouched, so a label or an idx survives the rewrite. What this module adds is leniency about where
 the files are: a single file or a whole tree, its genre taken from the file name (book0000.jsonl ->
 book, cola_train.jsonl -> glue) or from a row's own "genre" field. Outputs are written through
-atomic.py.
+tinyhelen/atomic.py.
 """
 
 from __future__ import annotations

@@ -27,9 +27,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from atomic import atomic_jsonl, atomic_write_json
-from config import setting
-from chat import AnswerCache, ChatClient, ClientError, FatalClientError, cache_key
+from tinyhelen.atomic import atomic_jsonl, atomic_write_json
+from tinyhelen.config import setting
+from tinyhelen.llm import AnswerCache, ChatClient, ClientError, FatalClientError, cache_key
 from simplify import GENRES
 from simplify.chunk import Chunk, chunk_document, join_chunks
 from simplify.clean import Cleaner

@@ -1,4 +1,4 @@
-"""Crash-safe writes (atomic.py) and the writers that go through them: metrics, plots, the answer cache.
+"""Crash-safe writes (tinyhelen/atomic.py) and the writers that go through them: metrics, plots, the answer cache.
 
 The oracle for "survives a crash" is a real crash: a child process SIGKILLs itself in the middle of
 a write, and the file it leaves is compared byte for byte with the old and the new content. The
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from atomic import (append_line, atomic_file, atomic_jsonl, atomic_write_bytes, atomic_write_json,
+from tinyhelen.atomic import (append_line, atomic_file, atomic_jsonl, atomic_write_bytes, atomic_write_json,
                     atomic_write_text, read_lines)
-from chat import AnswerCache, cache_key
-from metrics import MetricsLog, plot_losses, read_metrics
+from tinyhelen.llm import AnswerCache, cache_key
+from tinyhelen.metrics import MetricsLog, plot_losses, read_metrics
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -51,7 +51,7 @@ def test_an_exception_inside_the_block_keeps_the_old_file(tmp_path):
 CHILD = """
 import os, signal, sys
 sys.path.insert(0, {root!r})
-from atomic import atomic_file, atomic_write_text
+from tinyhelen.atomic import atomic_file, atomic_write_text
 path = {path!r}
 atomic_write_text(path, "old " * 1000)
 with atomic_file(path, "w") as f:

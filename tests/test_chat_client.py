@@ -4,8 +4,8 @@ import logging
 
 import pytest
 
-from chat import ChatClient, ClientError, FatalClientError
-from chat.faults import FaultServer
+from tinyhelen.llm import ChatClient, ClientError, FatalClientError
+from tinyhelen.llm.faults import FaultServer
 
 FAKE_KEY = "sk-test-FAKE-KEY-0123456789abcdef"
 MESSAGES = [{"role": "user", "content": "The feline reposed upon the rug.\n\nRewrite the text above."}]

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-import config as config_lib
-from config import ConfigError
+from tinyhelen import config as config_lib
+from tinyhelen.config import ConfigError
 
 
 @dataclass

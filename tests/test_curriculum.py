@@ -1,4 +1,4 @@
-"""curriculum.py and scoring.py: the patience rule, each strategy's order against a plain-Python oracle
+"""curriculum.py and tinyhelen/scoring.py: the patience rule, each strategy's order against a plain-Python oracle
 on real documents, per-document scores against the model's own loss, exp(loss) sampling against the
 exact probabilities of successive draws, and exact resume after SIGKILL mid-curriculum."""
 
@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-import config as config_lib
+from tinyhelen import config as config_lib
 from conftest import REPO, run_script
-from metrics import read_metrics
+from tinyhelen.metrics import read_metrics
 
 TINY = ["--model.n_layer=2", "--model.n_embd=64", "--model.n_head=4", "--model.n_kv_head=2",
         "--model.ffn_hidden=176", "--model.max_seq_len=64", "--seq_len=64", "--batch_size=4",
@@ -156,7 +156,7 @@ def loss_of_document(model, docs, i: int, max_len: int) -> float:
 
 def test_document_scores_equal_the_models_own_loss(model, docs):
     from data.documents import pad_documents
-    from scoring import score_documents, score_documents_plainly
+    from tinyhelen.scoring import score_documents, score_documents_plainly
     long_docs = np.flatnonzero(docs.lengths > 200)[:3]
     short = np.flatnonzero(docs.lengths < 60)[:20]
     pick = np.concatenate([short, long_docs, [0]])
@@ -196,7 +196,7 @@ def test_self_loss_orders_by_the_current_models_scores_and_rescores_at_growth(fe
 
 
 def test_reference_loss_orders_by_the_given_checkpoint(few_docs, leaner_small, model, tmp_path):
-    import machine as machine_lib
+    from tinyhelen import machine as machine_lib
     from curriculum import Curriculum
     torch.save({"model": model.state_dict(), "config": {"model": {"__class__": "LlamaConfig",
                **{k: getattr(model.config, k) for k in model.config.__dataclass_fields__}}}}, tmp_path / "ckpt.pt")
@@ -253,7 +253,7 @@ def test_sampled_windows_follow_exp_loss():
 def test_multi_round_trains_the_next_round_on_the_sampled_windows(docs, leaner_small, model):
     from curriculum import MultiRound, sample_windows
     from data.documents import Documents
-    from scoring import score_windows, window_batch
+    from tinyhelen.scoring import score_windows, window_batch
     cut = int(docs.ends[400]) + 1  # the first 401 documents, to keep the scoring short
     small = Documents(docs.tokens[:cut], docs.starts[:401], docs.ends[:401], docs.genre_ids[:401], docs.genres,
                       docs.eot_id)
@@ -344,7 +344,7 @@ def test_experiment_is_resumable_and_reports(leaner_small, tmp_path):
                         "threads = 1\npeak_flops = 1e10\nsample_tokens = 0\nlr = 3e-3\nmin_lr = 3e-4\n"
                         "score_batch_tokens = 4096\n")
     out = tmp_path / "exp"
-    args = ["curriculum_experiment.py", f"--run_config={cfg_file}", f"--out_dir={out}", "--seeds=1,2",
+    args = ["studies/curriculum_strategies.py", f"--run_config={cfg_file}", f"--out_dir={out}", "--seeds=1,2",
             "--runs=full_repeated,random,multi_round"]
     first = run_script(*args)
     assert first.stdout.count("=== ") == 6
@@ -384,5 +384,5 @@ def test_bad_settings_exit_2_before_compute(tmp_path):
                           ("--init_fraction=0", "init_fraction must be in (0, 1]")]:
         bad = run_script("curriculum.py", f"--data_dir={tmp_path / 'none'}", *flag.split(), check=False)
         assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, (flag, bad.stderr)
-    bad = run_script("curriculum_experiment.py", "--runs=random", check=False)
+    bad = run_script("studies/curriculum_strategies.py", "--runs=random", check=False)
     assert bad.returncode == 2 and "must include full_repeated" in bad.stderr

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from conftest import run_script
-from metrics import read_metrics
+from tinyhelen.metrics import read_metrics
 
 
 @pytest.mark.slow
@@ -34,7 +34,7 @@ def test_demo_sweep_candidates_are_valid_configs_and_unknown_names_are_refused(t
     before any run), keeps head_dim 32, and a misspelt --only names the real candidates."""
     import importlib.util
     from conftest import REPO
-    spec = importlib.util.spec_from_file_location("demo_sweep", REPO / "bench" / "demo_sweep.py")
+    spec = importlib.util.spec_from_file_location("demo_sweep", REPO / "studies" / "demo_sweep.py")
     demo_sweep = importlib.util.module_from_spec(spec)
     sys.modules["demo_sweep"] = demo_sweep  # its dataclass looks its module up there
     spec.loader.exec_module(demo_sweep)
@@ -42,5 +42,5 @@ def test_demo_sweep_candidates_are_valid_configs_and_unknown_names_are_refused(t
         cfg = demo_sweep.candidate_config(name, 0, tmp_path)
         assert cfg.model.n_embd // cfg.model.n_head == 32 and cfg.compile and cfg.bpb_genres
         assert cfg.out_dir == str(tmp_path / name)
-    bad = run_script("bench/demo_sweep.py", "--only=w256_l4,huge", f"--out_dir={tmp_path}", check=False)
+    bad = run_script("studies/demo_sweep.py", "--only=w256_l4,huge", f"--out_dir={tmp_path}", check=False)
     assert bad.returncode == 2 and "huge" in bad.stderr and "w256_l4" in bad.stderr

@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-import interop
-from checkpoint import atomic_torch_save
+from tinyhelen import interop
+from tinyhelen.checkpoint import atomic_torch_save
 from conftest import run_script
 from model_llama import Llama, LlamaConfig
 from model_mamba import Mamba, MambaConfig

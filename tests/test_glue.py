@@ -1,4 +1,4 @@
-"""Leaner-Glue fine-tuning (finetune_glue.py, glue_report.py): GLUE's metrics against plain formulas and
+"""Leaner-Glue fine-tuning (finetune_glue.py, tinyhelen/glue_report.py): GLUE's metrics against plain formulas and
 scikit-learn/scipy, the head reading the last real token, the classifier against transformers'
 LlamaForSequenceClassification, a real fine-tune beating the majority class, a killed sweep resuming,
 and clear errors for bad tasks, files and labels."""
@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-import config as config_lib
+from tinyhelen import config as config_lib
 from conftest import REPO, run_script
 
 TINY_MODEL = ["--model.n_layer=2", "--model.n_embd=64", "--model.n_head=4", "--model.n_kv_head=2",
@@ -153,7 +153,7 @@ def test_classifier_matches_transformers_sequence_classification(n_out, tmp_path
     """Our classifier and LlamaForSequenceClassification (pad_token_id = eot) on the same weights give
     the same logits and loss on a right-padded batch; stsb's one output included (MSE)."""
     transformers = pytest.importorskip("transformers")
-    import interop
+    from tinyhelen import interop
     from finetune_glue import SequenceClassifier
     backbone = tiny_llama(seed=3)
     interop.save_hf(backbone, tmp_path, eos_token_id=1999)
@@ -215,7 +215,7 @@ def test_report_gaps_against_scipy(tmp_path):
     """--compare: the gap of the selected learning rates' means, its standard error, and Welch's
     p-value from scipy on the same seeds; an unknown model is an error naming the known ones."""
     from scipy import stats
-    from glue_report import main, ReportConfig
+    from tinyhelen.glue_report import main, ReportConfig
     scores = {"a": {1: 0.62, 2: 0.66, 3: 0.61}, "b": {1: 0.55, 2: 0.58, 3: 0.50}}
     for model, by_seed in scores.items():
         for seed, dev in by_seed.items():
@@ -308,7 +308,7 @@ def test_killed_sweep_resumes_without_redoing_finished_runs(leaner_small, shared
 
 
 def test_report_over_sweeps(tmp_path):
-    from glue_report import main, ReportConfig
+    from tinyhelen.glue_report import main, ReportConfig
 
     def result(model, task, lr, seed, dev, held_out=False):
         r = {"model": model, "task": task, "lr": lr, "seed": seed, "dev": dev, "majority_dev": 0.5,
@@ -389,14 +389,14 @@ def test_a_label_of_the_wrong_type_names_file_and_line(pretrained, shared_data, 
 # ------------------------------------------------------------------ the study's commands
 
 def test_study_commands(tmp_path):
-    """glue_study.py prints the commands of each step: the shared tokenizer, both corpora, four
+    """studies/glue.py prints the commands of each step: the shared tokenizer, both corpora, four
     pre-trainings, six fine-tuning sweeps (the four and a from-scratch model of each architecture)."""
-    out = run_script("glue_study.py", f"--out_dir={tmp_path}", "--dry_run").stdout
+    out = run_script("studies/glue.py", f"--out_dir={tmp_path}", "--dry_run").stdout
     commands = [line[2:] for line in out.splitlines() if line.startswith("$ ")]
     assert f"--corpus=ori --data_root=../shared/data/tinyhelen --genres=book,wiki,textbook,conversation " \
            f"--tokenizer={tmp_path}/data/leaner/tokenizer.json" in commands[1]
     assert [c.split()[1] for c in commands] == ["data/prepare.py"] * 2 + ["train.py"] * 4 + \
-        ["finetune_glue.py"] * 6 + ["glue_report.py"]
+        ["finetune_glue.py"] * 6 + ["-m"]
     assert f"--init_from=scratch:{tmp_path}/leaner_mamba --name=scratch_mamba" in commands[-2]
     assert not (tmp_path / "times.jsonl").exists()
 
@@ -404,17 +404,17 @@ def test_study_commands(tmp_path):
 def test_study_flags_and_model_order(tmp_path):
     """--pretrain_flags and --finetune_flags reach the commands; --models picks and orders the sweeps;
     an unknown model and a pre-training run that has not finished are refused before any compute."""
-    out = run_script("glue_study.py", f"--out_dir={tmp_path}", "--dry_run", "--step=pretrain",
+    out = run_script("studies/glue.py", f"--out_dir={tmp_path}", "--dry_run", "--step=pretrain",
                      "--pretrain_flags=--dtype=fp32,--threads=1").stdout
     assert all(line.endswith(" --dtype=fp32 --threads=1") for line in out.splitlines() if line.startswith("$ "))
-    out = run_script("glue_study.py", f"--out_dir={tmp_path}", "--dry_run", "--step=finetune",
+    out = run_script("studies/glue.py", f"--out_dir={tmp_path}", "--dry_run", "--step=finetune",
                      "--models=scratch_mamba,ori_llama", "--finetune_flags=--lrs=1e-3,--epochs=2").stdout
     commands = [line for line in out.splitlines() if line.startswith("$ ")]
     assert [c.split("--name=")[1].split()[0] for c in commands] == ["scratch_mamba", "ori_llama"]
     assert all(c.endswith(" --lrs=1e-3 --epochs=2") for c in commands)
-    bad = run_script("glue_study.py", f"--out_dir={tmp_path}", "--step=finetune", "--models=llama", check=False)
+    bad = run_script("studies/glue.py", f"--out_dir={tmp_path}", "--step=finetune", "--models=llama", check=False)
     assert bad.returncode != 0 and "unknown llama; valid: leaner_llama, ori_llama" in bad.stderr
-    early = run_script("glue_study.py", f"--out_dir={tmp_path}", "--step=finetune", "--models=ori_llama",
+    early = run_script("studies/glue.py", f"--out_dir={tmp_path}", "--step=finetune", "--models=ori_llama",
                        check=False)
     assert early.returncode != 0 and f"{tmp_path}/ori_llama has not finished pre-training" in early.stderr
     assert "no checkpoint, or one before its last step" in early.stderr
@@ -424,7 +424,7 @@ def test_study_flags_and_model_order(tmp_path):
 @pytest.mark.slow
 def test_the_whole_study_on_tiny_settings_and_its_resume(tmp_path):
     """Every step for real on tiny settings; run again, nothing is redone."""
-    run_script("glue_study.py", "--tiny", f"--out_dir={tmp_path}")
+    run_script("studies/glue.py", "--tiny", f"--out_dir={tmp_path}")
     table = (tmp_path / "glue" / "summary.md").read_text()
     for name in ("leaner_llama", "ori_llama", "leaner_mamba", "ori_mamba", "scratch_llama", "scratch_mamba"):
         assert f"| {name} |" in table
@@ -435,6 +435,6 @@ def test_the_whole_study_on_tiny_settings_and_its_resume(tmp_path):
         assert f"| {name} | 8 | 2,048 |" in pretraining
     assert (tmp_path / "pretrain.png").stat().st_size > 1000
     times = (tmp_path / "times.jsonl").read_text().splitlines()
-    again = run_script("glue_study.py", "--tiny", f"--out_dir={tmp_path}").stdout
+    again = run_script("studies/glue.py", "--tiny", f"--out_dir={tmp_path}").stdout
     assert "prepared earlier" in again and "trained earlier" in again and "0 of 5 runs to do" in again
     assert len((tmp_path / "times.jsonl").read_text().splitlines()) == len(times) + 7  # 6 sweeps + report

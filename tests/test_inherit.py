@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import inherit
-import interop
+from tinyhelen import interop
 from model_llama import Llama, LlamaConfig
 
 from conftest import run_script
@@ -188,7 +188,7 @@ def test_mismatched_family_is_explained(source):
 
 @pytest.fixture(scope="module")
 def big_run(leaner_small, tmp_path_factory):
-    import config as config_lib
+    from tinyhelen import config as config_lib
     import train
     out = tmp_path_factory.mktemp("big")
     cfg = config_lib.parse_args(train.TrainConfig(), [
@@ -262,9 +262,9 @@ def test_command_family_and_missing_errors_exit_2(big_run, tmp_path):
 def test_compact_vocabulary_from_a_cl100k_run(shared_data, tmp_path):
     """The paper's pipeline: a run on cl100k_base, a compact tokenizer cut from it, a child whose
     embedding and head rows are the parent's rows of the kept ids, trained on compact-prepared data."""
-    import config as config_lib
+    from tinyhelen import config as config_lib
     import train
-    from checkpoint import load_checkpoint
+    from tinyhelen.checkpoint import load_checkpoint
     from data.prepare import PrepareConfig, prepare
     from data.tokenizer import load_tokenizer
     big_data, small_data = tmp_path / "cl100k", tmp_path / "compact"

@@ -1,4 +1,4 @@
-"""The inheritance ablation driver (inherit_study.py): every arm trains through train.py, inherited arms
+"""The inheritance ablation driver (studies/inheritance.py): every arm trains through train.py, inherited arms
 start from inherit.py's cut, the table reads the runs' own metrics, and a restarted study trains nothing."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-import config as config_lib
-import inherit_study
+from tinyhelen import config as config_lib
+from studies import inheritance as inherit_study
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""instruct.py, instruct_data.py and judge.py: loss masks and batches, held-out data kept out, answers
+"""instruct.py, tinyhelen/instruct_data.py and tinyhelen/judge.py: loss masks and batches, held-out data kept out, answers
 that resume, and a judge whose parsing, retries, failure records and resume are shown against a
 scripted loopback server (and, slow, against the real embedded llama.cpp server). Batched generation
 itself is tested in tests/test_batched_generate.py."""
@@ -13,10 +13,10 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import judge
+from tinyhelen import judge
 from data.corpus import DataError
 from data.tasks import Instruction, read_eval
-from instruct_data import InstructionBatches, check_no_leak, convert, encode, forbidden_texts, make_batch, normalise
+from tinyhelen.instruct_data import InstructionBatches, check_no_leak, convert, encode, forbidden_texts, make_batch, normalise
 from tests.conftest import run_script
 
 
@@ -127,7 +127,7 @@ def test_converted_sets_share_no_hash_or_text_with_eval_or_test_data(shared_data
 
 
 def test_glue_per_task_is_a_seeded_sample_of_each_task(shared_data):
-    from instruct_data import convert_glue
+    from tinyhelen.instruct_data import convert_glue
     every = convert_glue(shared_data)
     capped = convert_glue(shared_data, per_task=50)
     tasks = sorted({r["source"] for r in every})
@@ -214,8 +214,8 @@ def _scripted(prompt: str) -> str:
 
 
 def test_judging_with_a_scripted_server_retries_records_failures_and_resumes(tmp_path):
-    from chat import ChatClient
-    from chat.faults import FaultServer
+    from tinyhelen.llm import ChatClient
+    from tinyhelen.llm.faults import FaultServer
     questions = ["fine", "malformed", "partial", "mislabelled", "fine too"]
     a = _write(tmp_path / "good.jsonl", [{"hash": f"h{i}", "question": q, "answer": f"GOOD answer {i}", "model": "good"}
                                           for i, q in enumerate(questions)])
@@ -265,7 +265,7 @@ def test_text_measures_against_hand_counts():
 @pytest.mark.slow
 def test_judging_against_the_real_local_server_parses_and_aggregates(tmp_path):
     pytest.importorskip("llama_cpp")
-    from chat import MODEL_ALIAS, ChatClient, LocalServer
+    from tinyhelen.llm import MODEL_ALIAS, ChatClient, LocalServer
     qs = ["Why do we wear coats in winter?", "What do bees make?"]
     a = _write(tmp_path / "a.jsonl", [{"hash": f"h{i}", "question": q, "answer": "Coats keep us warm when it is cold.",
                                         "model": "a"} for i, q in enumerate(qs)])
@@ -288,8 +288,8 @@ def _tiny_run(tmp_path, leaner_small):
     """A run folder (ckpt.pt + tokenizer.json) of a random tiny Llama with the prepared leaner tokenizer."""
     import shutil
 
-    import config as config_lib
-    from checkpoint import atomic_torch_save
+    from tinyhelen import config as config_lib
+    from tinyhelen.checkpoint import atomic_torch_save
     from data.tokenizer import load_tokenizer
     from model_llama import Llama, LlamaConfig
     from trainer import TrainConfig
@@ -307,7 +307,7 @@ def _tiny_run(tmp_path, leaner_small):
 
 
 def test_train_then_resume_gives_the_uninterrupted_losses(tmp_path, leaner_small):
-    import config as config_lib
+    from tinyhelen import config as config_lib
     import instruct
     run = _tiny_run(tmp_path, leaner_small)
     data = _write(tmp_path / "d.jsonl", [{"instruction": f"Say the number {i}.", "output": f"It is {i}." * (i % 3 + 1)}
@@ -331,7 +331,7 @@ def test_train_then_resume_gives_the_uninterrupted_losses(tmp_path, leaner_small
 def test_generate_resumes_and_batches_match_one_at_a_time(tmp_path, leaner_small):
     """Answers keyed by hash: a run stopped after 2 questions continues with the third only, and the
     batched answers equal batch-1 answers (greedy)."""
-    import config as config_lib
+    from tinyhelen import config as config_lib
     import instruct
     run = _tiny_run(tmp_path, leaner_small)
     questions = _write(tmp_path / "q.jsonl", [{"question": "Why is the sky blue?"}, {"question": "Hi?"},

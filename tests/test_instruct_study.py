@@ -1,4 +1,4 @@
-"""instruct_study.py, the instruction-following experiment as one command: the commands of each step
+"""studies/instruction_following.py, the instruction-following experiment as one command: the commands of each step
 (both corpora on one tokenizer, config and budget; both tuned on one instruction file with the same
 flags; both answering the same questions), the refusal to go on from an unfinished run, and every
 step up to the answers for real on tiny settings, then again with nothing redone."""
@@ -17,7 +17,7 @@ def commands(out: str) -> list[str]:
 
 
 def test_study_commands(tmp_path):
-    out = run_script("instruct_study.py", f"--out_dir={tmp_path}", "--dry_run").stdout
+    out = run_script("studies/instruction_following.py", f"--out_dir={tmp_path}", "--dry_run").stdout
     cmds = commands(out)
     assert [" ".join(c.split()[:2]) for c in cmds] == [
         "data/prepare.py --corpus=leaner", "data/prepare.py --corpus=ori", "train.py configs/instruct_pretrain.py",
@@ -40,10 +40,10 @@ def test_study_commands(tmp_path):
 
 def test_an_unfinished_run_is_refused(tmp_path):
     for step, missing, needs in (("tune", "leaner_llama", "pretrain"), ("generate", "leaner_instruct", "tune")):
-        bad = run_script("instruct_study.py", f"--out_dir={tmp_path}", f"--step={step}", check=False)
+        bad = run_script("studies/instruction_following.py", f"--out_dir={tmp_path}", f"--step={step}", check=False)
         assert bad.returncode != 0
         assert f"{tmp_path}/{missing} has not finished" in bad.stderr and f"--step={needs} first" in bad.stderr
-    bad = run_script("instruct_study.py", "--step=train", check=False)
+    bad = run_script("studies/instruction_following.py", "--step=train", check=False)
     assert bad.returncode == 2 and "prepare, pretrain, convert, tune, generate, judge, report" in bad.stderr
 
 
@@ -58,7 +58,7 @@ TINY = ["--genres=wiki,conversation",
 @pytest.mark.slow
 def test_the_study_to_the_answers_on_tiny_settings_and_its_resume(tmp_path):
     for step in ("prepare", "pretrain", "convert", "tune", "generate"):
-        run_script("instruct_study.py", f"--out_dir={tmp_path}", f"--step={step}", *TINY, timeout=900)
+        run_script("studies/instruction_following.py", f"--out_dir={tmp_path}", f"--step={step}", *TINY, timeout=900)
     answers = {}
     for arm in ("leaner", "ori"):
         rows = [json.loads(line) for line in (tmp_path / "answers" / f"{arm}_instruct.jsonl").open()]
@@ -66,9 +66,9 @@ def test_the_study_to_the_answers_on_tiny_settings_and_its_resume(tmp_path):
         answers[arm] = {r["hash"] for r in rows}
     assert answers["leaner"] == answers["ori"]  # the same questions
     times = (tmp_path / "times.jsonl").read_text().splitlines()
-    again = run_script("instruct_study.py", f"--out_dir={tmp_path}", "--step=prepare", *TINY).stdout
+    again = run_script("studies/instruction_following.py", f"--out_dir={tmp_path}", "--step=prepare", *TINY).stdout
     for step in ("pretrain", "convert", "tune", "generate"):
-        again += run_script("instruct_study.py", f"--out_dir={tmp_path}", f"--step={step}", *TINY).stdout
+        again += run_script("studies/instruction_following.py", f"--out_dir={tmp_path}", f"--step={step}", *TINY).stdout
     assert again.count("prepared earlier") == 2 and again.count("trained earlier") == 2
     assert "converted earlier" in again and again.count("tuned earlier") == 2
     assert again.count("1594 answers already there, 0 to go") == 2

@@ -46,7 +46,7 @@ def _kind(model):
 def hf_gradients_in_our_layout(model, hf):
     """transformers' gradients mapped onto our parameter names and layouts (interop's import
     mapping; a wrong mapping would already have shown in the logits)."""
-    import interop
+    from tinyhelen import interop
     grads = {name: p.grad for name, p in hf.named_parameters() if p.grad is not None}
     return interop.mamba_state_from_hf(grads, model.config)
 
@@ -172,7 +172,7 @@ def test_paper_size_mamba2_and_accounting():
 
 
 def test_configs_build_mamba_models():
-    import config as config_lib
+    from tinyhelen import config as config_lib
     import train
     for path in ("configs/demo_mamba.py", "configs/leaner_mamba.py"):
         cfg = config_lib.parse_args(train.TrainConfig(), [path])
@@ -191,7 +191,7 @@ def test_mamba_trains_resumes_samples_and_exports_through_the_engine(leaner_smal
     import time
 
     from conftest import REPO, run_script
-    from metrics import read_metrics
+    from tinyhelen.metrics import read_metrics
     flags = [f"--data_dir={leaner_small}", "configs/demo_mamba.py", "--model.n_layer=2", "--model.n_embd=64",
              "--model.d_state=16", "--model.headdim=16", "--model.mlp_hidden=128", "--model.chunk_size=16",
              "--seq_len=48", "--batch_size=4", "--compile=false", "--dtype=fp32", "--threads=1",
@@ -219,7 +219,7 @@ def test_mamba_trains_resumes_samples_and_exports_through_the_engine(leaner_smal
     assert "The cat" in out.stdout
     run_script("export.py", f"--out_dir={tmp_path / 'a'}", f"--hf_dir={tmp_path / 'hf'}")
     hf = transformers.BambaForCausalLM.from_pretrained(tmp_path / "hf").eval()
-    from checkpoint import load_model
+    from tinyhelen.checkpoint import load_model
     model, _ = load_model(tmp_path / "a")
     idx = torch.randint(0, 2000, (2, 17))
     with torch.no_grad():

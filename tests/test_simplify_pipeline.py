@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from chat import ChatClient
-from chat.faults import FaultServer
+from tinyhelen.llm import ChatClient
+from tinyhelen.llm.faults import FaultServer
 from simplify.pipeline import RunConfig, run
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -1,4 +1,4 @@
-"""Depth against width (sweep.py): the shapes meet the parameter budget (counted by the model itself),
+"""Depth against width (studies/depth_width.py): the shapes meet the parameter budget (counted by the model itself),
 every run trains through train.py, and a restarted sweep skips finished runs and resumes a stopped one."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import math
 
 import pytest
 
-import sweep
+from studies import depth_width as sweep
 from model_llama import Llama, LlamaConfig
 
 from conftest import run_script
@@ -121,7 +121,7 @@ def test_measure_speed_times_each_shape_alone(base_config, tmp_path, monkeypatch
 
 
 def test_bad_flags_exit_2(tmp_path, capsys):
-    result = run_script("sweep.py", "--depths=two", check=False)
+    result = run_script("studies/depth_width.py", "--depths=two", check=False)
     assert result.returncode == 2 and "depths" in result.stderr
     with pytest.raises(SystemExit) as e:
         sweep.main(sweep.SweepConfig(base=str(tmp_path / "none.py")))

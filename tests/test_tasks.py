@@ -167,7 +167,7 @@ def test_evaluate_says_the_file_is_missing(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_run(leaner_small, tmp_path_factory):
     """A run folder with an untrained one-layer Llama and the prepared folder's tokenizer."""
-    from checkpoint import atomic_torch_save
+    from tinyhelen.checkpoint import atomic_torch_save
     from model_llama import Llama, LlamaConfig
     out = tmp_path_factory.mktemp("tiny_run")
     shutil.copyfile(leaner_small / "tokenizer.json", out / "tokenizer.json")
@@ -181,7 +181,7 @@ def tiny_run(leaner_small, tmp_path_factory):
 
 def test_evaluate_breaks_down_jsonl_rows_by_their_genre(tiny_run, tmp_path):
     import evaluate
-    from checkpoint import load_model
+    from tinyhelen.checkpoint import load_model
     from data.tokenizer import load_tokenizer
     rows = [{"text": "The sun is hot.", "genre": "story"}, {"text": "I like my dog."},
             {"genre": "math", "problem": "What is 1 + 1?", "hints": ["1 + 1 = 2", "So 2."]},

@@ -1,4 +1,4 @@
-"""Equal-budget models per tokenizer (tokenizer_study.py): each tokenizer's data is prepared once, each
+"""Equal-budget models per tokenizer (studies/tokenizer_choice.py): each tokenizer's data is prepared once, each
 model differs only in its vocabulary, bits per byte are evaluate.py's, and a restart trains nothing."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-import config as config_lib
-import tokenizer_study
+from tinyhelen import config as config_lib
+from studies import tokenizer_choice as tokenizer_study
 
 
 @pytest.fixture

@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 import torch
 
-import config as config_lib
+from tinyhelen import config as config_lib
 from conftest import REPO, run_script
-from metrics import read_metrics
+from tinyhelen.metrics import read_metrics
 
 TINY = ["--model.n_layer=2", "--model.n_embd=64", "--model.n_head=4", "--model.n_kv_head=2",
         "--model.ffn_hidden=176", "--model.max_seq_len=64", "--seq_len=64", "--batch_size=4",
@@ -124,7 +124,7 @@ def test_two_process_torchrun_matches_one_process(leaner_small, tmp_path):
     # the weights moved: the comparison is not between two untouched initialisations
     cfg = tiny_cfg(leaner_small, tmp_path / "x")
     torch.manual_seed(cfg.seed)
-    from checkpoint import build_model
+    from tinyhelen.checkpoint import build_model
     init = build_model(cfg.model).state_dict()
     assert any(not torch.allclose(init[k], v) for k, v in one["model"].items())
     l1 = losses(tmp_path / "one")
@@ -164,7 +164,7 @@ def test_evaluate_reports_consistent_numbers(trained_run, shared_data, tmp_path)
     rows.write_text("".join(json.dumps({"text": t}) + "\n" for t in ["The sun is hot.", "I like my dog."]))
     result = run_script("evaluate.py", f"--out_dir={trained_run}", f"--data={rows}")
     summary = json.loads(result.stdout.strip().splitlines()[-1])
-    from checkpoint import load_model
+    from tinyhelen.checkpoint import load_model
     from sample import load_run_tokenizer
     model, ckpt = load_model(trained_run)
     tok = load_run_tokenizer(trained_run, {})
@@ -231,7 +231,7 @@ def test_export_loads_in_transformers(trained_run, tmp_path):
     transformers = pytest.importorskip("transformers")
     run_script("export.py", f"--out_dir={trained_run}", f"--hf_dir={tmp_path / 'hf'}")
     hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
-    from checkpoint import load_model
+    from tinyhelen.checkpoint import load_model
     model, _ = load_model(trained_run)
     idx = torch.randint(0, 2000, (2, 17))
     with torch.no_grad():

@@ -15,9 +15,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-import config as config_lib
+from tinyhelen import config as config_lib
 from conftest import REPO, run_script
-from metrics import read_metrics
+from tinyhelen.metrics import read_metrics
 
 TINY = ["--model.n_layer=2", "--model.n_embd=64", "--model.n_head=4", "--model.n_kv_head=2",
         "--model.ffn_hidden=176", "--model.max_seq_len=64", "--seq_len=64", "--batch_size=4",
@@ -104,7 +104,7 @@ class ParitySource:
 
 
 def test_init_from_reports_new_and_dropped_weights_of_a_stage_model(source_run, leaner_small, tmp_path):
-    from checkpoint import load_source, build_model
+    from tinyhelen.checkpoint import load_source, build_model
     from data.tokens import open_tokens
     from trainer import Trainer
     source = load_source(source_run)
@@ -140,7 +140,7 @@ def test_init_from_reports_new_and_dropped_weights_of_a_stage_model(source_run, 
 
 def test_init_from_a_transformers_folder(source_run, tmp_path):
     pytest.importorskip("transformers")
-    from checkpoint import load_model, load_source, load_matching_weights, build_model
+    from tinyhelen.checkpoint import load_model, load_source, load_matching_weights, build_model
     run_script("export.py", f"--out_dir={source_run}", f"--hf_dir={tmp_path / 'hf'}")
     source = load_source(tmp_path / "hf")
     model = build_model(source.model_config)
@@ -153,7 +153,7 @@ def test_init_from_a_transformers_folder(source_run, tmp_path):
 
 
 def test_init_from_errors(source_run, tmp_path):
-    from checkpoint import CheckpointError, build_model, load_matching_weights, load_source
+    from tinyhelen.checkpoint import CheckpointError, build_model, load_matching_weights, load_source
     with pytest.raises(CheckpointError, match="does not exist"):
         load_source(tmp_path / "nowhere")
     source = load_source(source_run)
@@ -250,7 +250,7 @@ def test_help_lists_the_choices():
 
 
 def test_device_auto_everywhere(source_run):
-    import machine
+    from tinyhelen import machine
     assert machine.pick_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
     result = run_script("sample.py", f"--out_dir={source_run}", "--device=auto", "--num_samples=1",
                         "--max_new_tokens=5")

@@ -1,12 +1,12 @@
 """The instruction-following experiment at CPU scale, one resumable command: does leaner
 pre-training make a tiny instruction-tuned Llama answer Leaner-Eval better than original pre-training?
 
-    python instruct_study.py                      # every step below, in order
-    python instruct_study.py --step=pretrain      # or one step: prepare, pretrain, convert, tune,
+    python studies/instruction_following.py                      # every step below, in order
+    python studies/instruction_following.py --step=pretrain      # or one step: prepare, pretrain, convert, tune,
                                                   # generate, judge, report
 
   prepare   the leaner and original corpora (book, wiki, textbook, conversation) with one tokenizer,
-            trained on the leaner text (glue_study.py's prepare)
+            trained on the leaner text (studies/glue.py's prepare)
   pretrain  configs/instruct_pretrain.py on each corpus: two Llamas of one shape and token budget
   convert   the instruction set (instruct.py convert --sources: by default leaner math problems with
             their hints and code prompts with their responses, the sources with open answers; every
@@ -36,9 +36,13 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-import config as config_lib
-import glue_study
-from config import setting
+import sys
+if __package__ in (None, ""):  # run as `python studies/NAME.py`: import from the repo root, not studies/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from tinyhelen import config as config_lib
+from studies import glue as glue_study
+from tinyhelen.config import setting
 
 CORPORA = ("leaner", "ori")
 STEPS = ("prepare", "pretrain", "convert", "tune", "generate", "judge", "report")
@@ -79,7 +83,7 @@ def _paths(cfg: StudyConfig) -> dict:
 def _require(cfg: StudyConfig, run_dir: Path, step: str) -> None:
     if not cfg.dry_run and not glue_study.finished(run_dir):
         raise SystemExit(f"error: {run_dir} has not finished (no checkpoint, or one before its last step); "
-                         f"run python instruct_study.py --step={step} first (it resumes), then this step again")
+                         f"run python studies/instruction_following.py --step={step} first (it resumes), then this step again")
 
 
 def prepare(cfg: StudyConfig) -> None:

@@ -1,8 +1,8 @@
 """The Leaner-Glue table and chart of one or more fine-tuning sweeps (finetune_glue.py's out folders).
 
-    python glue_report.py --sweeps=out/glue/leaner_llama,out/glue/ori_llama,out/glue/scratch_llama \
+    python tinyhelen/glue_report.py --sweeps=out/glue/leaner_llama,out/glue/ori_llama,out/glue/scratch_llama \
         --out=out/glue/summary          # writes out/glue/summary.md and out/glue/summary.png
-    python glue_report.py --sweeps=... --compare=leaner_llama:ori_llama,ori_llama:scratch_llama
+    python tinyhelen/glue_report.py --sweeps=... --compare=leaner_llama:ori_llama,ori_llama:scratch_llama
                                         # also out/glue/summary_gaps.md: each gap with its spread and p-value
 
 For each model and task the learning rate with the best mean dev score over seeds is selected, and the
@@ -23,9 +23,9 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-import config as config_lib
-from atomic import atomic_write_text
-from metrics import save_figure
+from tinyhelen import config as config_lib
+from tinyhelen.atomic import atomic_write_text
+from tinyhelen.metrics import save_figure
 from data.corpus import GLUE_TASKS
 
 LABELS = {"cola": "cola (MCC)", "mrpc": "mrpc (F1/acc)", "qqp": "qqp (F1/acc)", "stsb": "stsb (P/S corr)",

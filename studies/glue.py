@@ -1,11 +1,11 @@
 """The Leaner-Glue study at CPU scale, one resumable command per step: leaner vs original vs scratch.
 
-    python glue_study.py --step=prepare     # leaner and original corpora, one tokenizer (trained on leaner)
-    python glue_study.py --step=pretrain    # Llama and Mamba (configs/study_*.py) on each corpus: 4 runs
-    python glue_study.py --step=finetune    # Leaner-Glue for the 4 runs and a from-scratch model of each
-    python glue_study.py --step=report      # OUT_DIR/glue/summary.md, .png and summary_gaps.md (the claims)
-    python glue_study.py                    # all four, in order
-    python glue_study.py --tiny --out_dir=/tmp/study   # every step on tiny settings: checks the commands
+    python studies/glue.py --step=prepare     # leaner and original corpora, one tokenizer (trained on leaner)
+    python studies/glue.py --step=pretrain    # Llama and Mamba (configs/study_*.py) on each corpus: 4 runs
+    python studies/glue.py --step=finetune    # Leaner-Glue for the 4 runs and a from-scratch model of each
+    python studies/glue.py --step=report      # OUT_DIR/glue/summary.md, .png and summary_gaps.md (the claims)
+    python studies/glue.py                    # all four, in order
+    python studies/glue.py --tiny --out_dir=/tmp/study   # every step on tiny settings: checks the commands
 
 Options for fitting the study to a machine: --pretrain_flags and --finetune_flags are added to every
 train.py / finetune_glue.py command (e.g. --pretrain_flags=--dtype=fp32,--threads=1 on a CPU where
@@ -33,13 +33,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import config as config_lib
-from atomic import append_line, atomic_write_text
-from config import setting
+if __package__ in (None, ""):  # run as `python studies/NAME.py`: import from the repo root, not studies/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from tinyhelen import config as config_lib
+from tinyhelen.atomic import append_line, atomic_write_text
+from tinyhelen.config import setting
 
 ARCHS = ("llama", "mamba")
 CORPORA = ("leaner", "ori")
-# The paper's claims, as gaps A - B that glue_report.py tabulates with their spread (summary_gaps.md).
+# The paper's claims, as gaps A - B that tinyhelen/glue_report.py tabulates with their spread (summary_gaps.md).
 CLAIMS = [("leaner_llama", "leaner_mamba"), ("ori_llama", "ori_mamba"),            # Llama above Mamba
           ("leaner_llama", "ori_llama"), ("leaner_mamba", "ori_mamba"),            # leaner above original
           ("ori_llama", "scratch_llama"), ("ori_mamba", "scratch_mamba"),          # original above scratch
@@ -142,7 +145,7 @@ def finetune(cfg: StudyConfig) -> None:
         # A stopped pre-training run still has a checkpoint; fine-tuning it would score the wrong model.
         if not cfg.dry_run and not init_from.startswith("scratch:") and not finished(Path(init_from)):
             raise SystemExit(f"error: {init_from} has not finished pre-training (no checkpoint, or one before "
-                             f"its last step); run python glue_study.py --step=pretrain first (it resumes), "
+                             f"its last step); run python studies/glue.py --step=pretrain first (it resumes), "
                              f"then this step again")
         run(cfg, "finetune", ["finetune_glue.py", cfg.glue_config, f"--task={cfg.tasks}",
                               f"--init_from={init_from}", f"--name={name}",
@@ -158,7 +161,7 @@ def pretrain_report(cfg: StudyConfig) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from data.tokens import read_meta, tokens_per_byte
-    from metrics import read_metrics, save_figure
+    from tinyhelen.metrics import read_metrics, save_figure
     out = Path(cfg.out_dir)
     lines = ["| run | steps | training tokens | final val loss (nats/token) | final val bits/byte | "
              "mean tokens/s |", "|---|---:|---:|---:|---:|---:|"]
@@ -196,7 +199,7 @@ def report(cfg: StudyConfig) -> None:
         pretrain_report(cfg)
     glue = Path(cfg.out_dir) / "glue"
     folders = ",".join(str(glue / name) for _, name in sweeps(cfg))
-    run(cfg, "report", ["glue_report.py", f"--sweeps={folders}", f"--out={glue / 'summary'}",
+    run(cfg, "report", ["-m", "tinyhelen.glue_report", f"--sweeps={folders}", f"--out={glue / 'summary'}",
                         f"--compare={','.join(':'.join(pair) for pair in CLAIMS)}"])
 
 

@@ -1,7 +1,7 @@
 """The sweep that chose the README demo: which small Llama learns most in about ten minutes on 2 cores.
 
-    python bench/demo_sweep.py                       # every candidate, then the table and the plot
-    python bench/demo_sweep.py --only=w128_l4,w192_l4 --out_dir=out/demo_sweep
+    python studies/demo_sweep.py                       # every candidate, then the table and the plot
+    python studies/demo_sweep.py --only=w128_l4,w192_l4 --out_dir=out/demo_sweep
 
 Each candidate is configs/demo_llama.py with a few settings changed (the CANDIDATES table below: size,
 learning rate, batch, steps). Steps were set from throughput measured on the machine the sweep ran
@@ -24,12 +24,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-import config as config_lib  # noqa: E402
-from atomic import atomic_write_text  # noqa: E402
-from checkpoint import CheckpointError  # noqa: E402
-from metrics import read_metrics, save_figure  # noqa: E402
+if __package__ in (None, ""):  # run as `python studies/NAME.py`: import from the repo root, not studies/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from tinyhelen import config as config_lib  # noqa: E402
+from tinyhelen.atomic import atomic_write_text  # noqa: E402
+from tinyhelen.checkpoint import CheckpointError  # noqa: E402
+from tinyhelen.metrics import read_metrics, save_figure  # noqa: E402
 
 BASE = "configs/demo_llama.py"
 GENRES = "book,conversation,textbook,wiki"

@@ -16,7 +16,7 @@ per score) and whether it favours a label position.
 
 The default judge is the embedded llama.cpp server (chat.LocalServer, SmolLM2-135M); --judge_model
 picks another GGUF file for it (Gemma 3 270M), --base_url any OpenAI-compatible endpoint (the API key
-from the environment only, chat/client.py).
+from the environment only, tinyhelen/llm/client.py).
 """
 
 from __future__ import annotations
@@ -28,8 +28,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
-from atomic import append_line, atomic_write_text, read_lines
-from config import ConfigError, setting
+from tinyhelen.atomic import append_line, atomic_write_text, read_lines
+from tinyhelen.config import ConfigError, setting
 from data.corpus import DataError, iter_json_lines
 
 SCORES = ("grammar", "coherence", "specificity")
@@ -215,7 +215,7 @@ def judge_model_path(spec: str) -> str:
 
 
 def run_judge(cfg: JudgeConfig) -> list[dict]:
-    from chat import MODEL_ALIAS, ChatClient, LocalServer
+    from tinyhelen.llm import MODEL_ALIAS, ChatClient, LocalServer
     paths = [p for p in cfg.answers.split(",") if p]
     read_answers(paths)  # bad input stops here, before any server starts
     if cfg.base_url:
@@ -304,7 +304,7 @@ def answer_perplexity(rows: list[dict], reference: str, batch_size: int = 8) -> 
 
     import torch
 
-    from checkpoint import load_model
+    from tinyhelen.checkpoint import load_model
     from data.corpus import task_prompt
     from instruct import run_tokenizer
     model, ckpt = load_model(reference)
@@ -385,7 +385,7 @@ def bar_chart(stats: dict, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from metrics import save_figure
+    from tinyhelen.metrics import save_figure
     models = list(stats)
     fig, ax = plt.subplots(figsize=(7, 3.5))
     width = 0.8 / max(len(models), 1)

@@ -1,6 +1,6 @@
 """Equal-budget models with different tokenizers, compared in validation bits per byte.
 
-    python tokenizer_study.py --base=configs/demo_llama.py \
+    python studies/tokenizer_choice.py --base=configs/demo_llama.py \
         --tokenizers=train,compact:2000,compact:4000,compact:8000,compact:16000 --seeds=1,2 \
         --out_dir=out/tokenizer_study [--equal=tokens|bytes]
 
@@ -30,12 +30,16 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
-import config as config_lib
-from atomic import atomic_write_json, atomic_write_text
-from checkpoint import CheckpointError
-from config import setting
+import sys
+if __package__ in (None, ""):  # run as `python studies/NAME.py`: import from the repo root, not studies/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from tinyhelen import config as config_lib
+from tinyhelen.atomic import atomic_write_json, atomic_write_text
+from tinyhelen.checkpoint import CheckpointError
+from tinyhelen.config import setting
 from data.corpus import CORPORA, DataError
-from metrics import save_figure
+from tinyhelen.metrics import save_figure
 
 
 @dataclass
@@ -98,7 +102,7 @@ def run_one(cfg: TokenizerStudyConfig, train_cfg, tokenizer: str, seed: int, ref
     scores = evaluate.evaluate(evaluate.EvalConfig(
         out_dir=str(run_dir), data=str(meta["data_root"]), corpus=cfg.corpus, split="validation",
         genres=cfg.genres, max_tokens_per_genre=cfg.eval_tokens_per_genre, device=train_cfg.device))
-    from metrics import read_metrics
+    from tinyhelen.metrics import read_metrics
     speeds = [r["tokens_per_s"] for r in read_metrics(run_dir / "metrics.jsonl") if "tokens_per_s" in r]
     result = {"tokenizer": tokenizer, "name": meta["tokenizer_name"], "vocab_size": meta["vocab_size"],
               "seed": seed, "steps": steps, "train_tokens": trainer.tokens_seen,
@@ -144,7 +148,7 @@ def bpb_curve(cfg: TokenizerStudyConfig, result: dict) -> list[tuple[int, float]
     """(training tokens, bits per byte) at each of a run's evaluations: train.py's validation loss in
     nats per token on fixed windows, times the validation split's tokens per byte, over ln 2."""
     from data.tokens import read_meta, tokens_per_byte
-    from metrics import read_metrics
+    from tinyhelen.metrics import read_metrics
     folder = Path(cfg.out_dir) / f"{slug(result['tokenizer'])}_seed{result['seed']}"
     per_byte = tokens_per_byte(read_meta(Path(cfg.out_dir) / "data" / slug(result["tokenizer"])), "validation")
     rows = read_metrics(folder / "run" / "metrics.jsonl")

@@ -1,7 +1,7 @@
 """The parameter-inheritance ablation: does an inherited small model reach a validation loss in fewer
 steps than the same shape from random weights, and which selection criterion helps most?
 
-    python inherit_study.py --from=out/big_run --to=configs/small.py --base=configs/demo_llama.py \
+    python studies/inheritance.py --from=out/big_run --to=configs/small.py --base=configs/demo_llama.py \
         --criteria=random,l2,taylor --seeds=1,2,3 --out_dir=out/inherit_study
 
 For each seed it trains the --to shape from random weights ("scratch") and, for each criterion, from
@@ -28,11 +28,14 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import config as config_lib
-from atomic import atomic_write_json, atomic_write_text
-from checkpoint import CheckpointError, load_checkpoint, model_config_from_dict
-from config import setting
-from metrics import read_metrics, save_figure
+if __package__ in (None, ""):  # run as `python studies/NAME.py`: import from the repo root, not studies/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from tinyhelen import config as config_lib
+from tinyhelen.atomic import atomic_write_json, atomic_write_text
+from tinyhelen.checkpoint import CheckpointError, load_checkpoint, model_config_from_dict
+from tinyhelen.config import setting
+from tinyhelen.metrics import read_metrics, save_figure
 
 CRITERIA = ("random", "l2", "taylor")
 
@@ -100,7 +103,7 @@ def initial_loss(init_dir: Path, train_cfg) -> float:
     """An inherited model's validation loss before any training, on the windows train.py evaluates
     (its first eval_steps batches of the validation split, fixed shuffle), in fp32."""
     import torch
-    from checkpoint import load_model
+    from tinyhelen.checkpoint import load_model
     from data.tokens import TokenBatches, open_tokens
     from train import VALIDATION_SEED
     model, _ = load_model(init_dir)

@@ -16,7 +16,7 @@
 eos_token_id (the tokenizer's end-of-text) goes into config.json and generation_config.json, so
 that transformers' generate stops where this engine's does; it is the bos too, since training joined
 documents with it and sample.py starts every prompt with it (the exported tokenizer prepends it).
-Files are written atomically (atomic.py): a crash never leaves half a file. Unsupported variants raise HFFormatError (a ValueError) naming the
+Files are written atomically (tinyhelen/atomic.py): a crash never leaves half a file. Unsupported variants raise HFFormatError (a ValueError) naming the
 folder and what is not supported.
 
 Layouts. Our matrices are (in, out) where transformers' are (out, in) (model_common.Linear says why),
@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from atomic import atomic_write_bytes, atomic_write_json
+from tinyhelen.atomic import atomic_write_bytes, atomic_write_json
 from model_common import GatedMLP
 
 MLP_NAMES = ("gate_proj", "up_proj", "down_proj")  # the gated MLP's matrices, as transformers names them

@@ -2,7 +2,7 @@
 
 The simplification pipeline (simplify/) and the instruction judge use the same pieces:
 
-    from chat import MODEL_ALIAS, AnswerCache, ChatClient, LocalServer, cache_key
+    from tinyhelen.llm import MODEL_ALIAS, AnswerCache, ChatClient, LocalServer, cache_key
 
     with LocalServer() as server:                      # the embedded llama.cpp SmolLM2-135M, on loopback
         client = ChatClient(server.base_url, MODEL_ALIAS)
@@ -21,9 +21,9 @@ printed, logged or written: not in repr(), log lines, exception messages, the ca
 - faults.py   FaultServer: a scripted, fault-injecting fake endpoint on loopback for tests.
 """
 
-from chat.cache import AnswerCache, cache_key
-from chat.client import ChatClient, ClientError, FatalClientError
-from chat.serve import MODEL_ALIAS, LocalServer, ServerError, find_model, free_port
+from tinyhelen.llm.cache import AnswerCache, cache_key
+from tinyhelen.llm.client import ChatClient, ClientError, FatalClientError
+from tinyhelen.llm.serve import MODEL_ALIAS, LocalServer, ServerError, find_model, free_port
 
 __all__ = ["AnswerCache", "cache_key", "ChatClient", "ClientError", "FatalClientError", "MODEL_ALIAS",
            "LocalServer", "ServerError", "find_model", "free_port"]

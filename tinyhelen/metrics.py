@@ -9,7 +9,7 @@ from pathlib import Path
 
 import torch
 
-from atomic import append_line, atomic_file, atomic_write_text, read_lines
+from tinyhelen.atomic import append_line, atomic_file, atomic_write_text, read_lines
 
 
 def measure_peak_flops(device: torch.device, dtype: torch.dtype, size: int = 2048, seconds: float = 1.0) -> float:

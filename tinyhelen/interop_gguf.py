@@ -15,7 +15,7 @@ fixed list: GPT-2's split is on it as "gpt-2", cl100k_base's exact pattern is no
 Layouts. The `gguf` package takes each tensor as numpy in PyTorch's (out, in) order and writes GGUF's
 reversed dimensions itself. The Llama's q and k rows stay as they are: llama.cpp's llama architecture
 rotates neighbouring pairs (Meta's original layout), which is this engine's layout; only the
-`transformers` export permutes them to rotate-half (interop.py). The Mamba's A is stored as
+`transformers` export permutes them to rotate-half (tinyhelen/interop.py). The Mamba's A is stored as
 -exp(A_log), as llama.cpp's scans take it; its conv weights lose the singleton channel axis.
 
 The tokenizer goes in as llama.cpp's "gpt2" BPE: the tokens in GPT-2's printable byte form, the
@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from atomic import fsync_dir
+from tinyhelen.atomic import fsync_dir
 
 
 class GGUFFormatError(ValueError):

@@ -1,9 +1,9 @@
 """The curriculum experiment: every strategy, several seeds, the same step budget, then the table and plot.
 
-    python curriculum_experiment.py                                   # configs/curriculum_proxy.py, seeds 1-3
-    python curriculum_experiment.py --seeds=1,2,3,4,5 --out_dir=out/curriculum
-    python curriculum_experiment.py --report_only                     # the table and plot of what is done
-    python curriculum_experiment.py --steps=glue,report --glue_tasks=rte,cola --glue_seeds=1   # Leaner-Glue
+    python studies/curriculum_strategies.py                                   # configs/curriculum_proxy.py, seeds 1-3
+    python studies/curriculum_strategies.py --seeds=1,2,3,4,5 --out_dir=out/curriculum
+    python studies/curriculum_strategies.py --report_only                     # the table and plot of what is done
+    python studies/curriculum_strategies.py --steps=glue,report --glue_tasks=rte,cola --glue_seeds=1   # Leaner-Glue
 
 Runs (each a curriculum.py run in OUT_DIR/NAME/seedS): random, sentence_length, self_loss,
 self_loss_reverse, reference_loss, full_repeated, full_random, multi_round (any NAME_reverse of an
@@ -36,13 +36,16 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import config as config_lib
-from atomic import atomic_write_json, atomic_write_text
-from checkpoint import CheckpointError
-from config import setting
+if __package__ in (None, ""):  # run as `python studies/NAME.py`: import from the repo root, not studies/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from tinyhelen import config as config_lib
+from tinyhelen.atomic import atomic_write_json, atomic_write_text
+from tinyhelen.checkpoint import CheckpointError
+from tinyhelen.config import setting
 from data.corpus import DataError
 from curriculum import ORDERED, CurriculumConfig, run_curriculum
-from metrics import read_metrics, save_figure
+from tinyhelen.metrics import read_metrics, save_figure
 
 RUNS = ("full_repeated", "full_random", "random", "sentence_length", "self_loss", "self_loss_reverse",
         "reference_loss", "multi_round")
@@ -214,7 +217,7 @@ def glue(cfg: ExperimentConfig) -> None:
 def glue_report(cfg: ExperimentConfig) -> str | None:
     """One row per run: each pre-training seed's fine-tuned scores count as one sample (their fine-tuning
     seeds folded in), so the spread is over pre-training seeds."""
-    from glue_report import bar_chart, markdown, read_results, summarize
+    from tinyhelen.glue_report import bar_chart, markdown, read_results, summarize
     results = []
     for name in cfg.runs:
         for seed in cfg.glue_seeds or cfg.seeds:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from atomic import atomic_file
+from tinyhelen.atomic import atomic_file
 
 # Model config class name -> (module, model class). Imported lazily so a Llama run never needs
 # the Mamba module's dependencies.
@@ -123,7 +123,7 @@ def load_source(path: str | Path) -> WeightsSource:
     (config.json + safetensors) of a Llama, Mamba, Mamba-2 or Bamba model."""
     path = Path(path)
     if path.is_dir() and not (path / "ckpt.pt").is_file() and (path / "config.json").is_file():
-        from interop import load_hf
+        from tinyhelen.interop import load_hf
         try:
             model = load_hf(path)
         except (ValueError, KeyError) as e:  # interop.HFFormatError is a ValueError

@@ -1,8 +1,8 @@
 """Depth against width: Llamas of one non-embedding parameter budget, trained on one token budget.
 
-    python sweep.py --base=configs/demo_llama.py --budget=2900000 --depths=2,4,8,16 \
+    python studies/depth_width.py --base=configs/demo_llama.py --budget=2900000 --depths=2,4,8,16 \
         --ffn_ratios=2,2.667,4 --tokens=1000000 --out_dir=out/sweep
-    python sweep.py ... --seeds=2,3 --top=3      # the same, then the 3 best shapes again with seeds 2 and 3
+    python studies/depth_width.py ... --seeds=2,3 --top=3      # the same, then the 3 best shapes again with seeds 2 and 3
 
 "Rethinking Optimization and Architecture for Tiny Language Models" finds that at a fixed size a
 tiny model gains from depth. This command asks the same of this engine: for each depth and FFN
@@ -39,11 +39,15 @@ from pathlib import Path
 
 import torch
 
-import config as config_lib
-from atomic import atomic_write_json, atomic_write_text
-from checkpoint import CheckpointError
-from config import setting
-from metrics import read_metrics, save_figure
+import sys
+if __package__ in (None, ""):  # run as `python studies/NAME.py`: import from the repo root, not studies/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from tinyhelen import config as config_lib
+from tinyhelen.atomic import atomic_write_json, atomic_write_text
+from tinyhelen.checkpoint import CheckpointError
+from tinyhelen.config import setting
+from tinyhelen.metrics import read_metrics, save_figure
 from model_llama import Llama, LlamaConfig
 
 

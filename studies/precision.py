@@ -1,6 +1,6 @@
 """Does bf16 autocast train as well as fp32? Same model, seed and batches, two precisions.
 
-    python bench/compare_precision.py [configs/demo_llama.py] [--max_steps=200 ...]
+    python studies/precision.py [configs/demo_llama.py] [--max_steps=200 ...]
 
 Trains the given config (default: the CPU demo) once in fp32 and once under bf16 autocast, in this
 process, then prints both validation curves, the largest gap, and writes out/precision/precision.png.
@@ -15,11 +15,13 @@ import dataclasses
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import config as config_lib  # noqa: E402
+if __package__ in (None, ""):  # run as `python studies/NAME.py`: import from the repo root, not studies/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
+from tinyhelen import config as config_lib  # noqa: E402
 import train  # noqa: E402
-from metrics import read_metrics, save_figure  # noqa: E402
+from tinyhelen.metrics import read_metrics, save_figure  # noqa: E402
 
 SHORT = ["--max_steps=120", "--eval_every=20", "--eval_steps=4", "--log_every=10", "--ckpt_every=100000",
          "--sample_tokens=0", "--compile=false"]

@@ -3,7 +3,7 @@
 The key is the sha256 of everything that produced the answer: for simplify, the prompt version,
 the exact messages (so the chunk and the genre prompt), the model and every sampling setting. A
 restarted run with the same command finds every answer it already paid for; a changed prompt or
-setting finds nothing stale. One small file per answer, written through atomic.py (temp file,
+setting finds nothing stale. One small file per answer, written through tinyhelen/atomic.py (temp file,
 fsync, rename, folder fsync), so a crash leaves the whole answer or none and worker threads never
 share a file. Only the answer text and its model are stored: never a key, a header or an endpoint.
 """
@@ -15,7 +15,7 @@ import json
 import threading
 from pathlib import Path
 
-from atomic import atomic_write_json
+from tinyhelen.atomic import atomic_write_json
 
 
 def cache_key(**parts) -> str:

@@ -2,17 +2,19 @@
 (sentence_length, reference_loss scored with full_repeated seed 1, random with seed 1), easy and hard
 first: the table "What the first subsets are made of" in docs/results.md.
 
-    python bench/curriculum_subsets.py      # after curriculum_experiment.py; writes out/curriculum/subsets.json
+    python studies/curriculum_subsets.py      # after studies/curriculum_strategies.py; writes out/curriculum/subsets.json
 """
 import sys, json, numpy as np, torch
 from pathlib import Path
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 torch.set_num_threads(1)
+if __package__ in (None, ""):  # run as `python studies/NAME.py`: import from the repo root, not studies/
+    sys.path[0] = str(Path(__file__).resolve().parents[1])
+
 from data.documents import Documents
 from curriculum import sentence_lengths, easy_first, subset_size
-from checkpoint import load_model
-from scoring import score_documents
-import machine as machine_lib
+from tinyhelen.checkpoint import load_model
+from tinyhelen.scoring import score_documents
+from tinyhelen import machine as machine_lib
 from finetune_glue import load_tokenizer_from
 docs = Documents.open("out/data/leaner", "train")
 tok = load_tokenizer_from("out/data/leaner")
