@@ -26,10 +26,12 @@ vectorised op, about 3x faster than the "rotate half" form (pairs j and j + Dh/2
 which attention scores do not depend on, so export and import permute the q/k rows and the logits
 stay the same (tinyhelen/interop.py, which also transposes the matrices and splits q/k/v and gate/up).
 
-Where the speed is. The model calls four ops from tinykernels/: attention, rms_norm, swiglu and
-cross_entropy. Each picks fused C kernels on CPU, Triton on CUDA or PyTorch, and the plain formula
-under torch.compile (tinykernels/ops.py has the table). Generation's one-token step is this forward
-pass written out for one position, with weights packed for streaming (tinykernels/decode.py).
+Where the speed is. Attention is written out here in PyTorch (Attention.forward), with CPU training
+handed to fused C kernels behind one branch (tinykernels/attention_cpu.py). The model calls three ops
+from tinykernels/: rms_norm, swiglu and cross_entropy. Each picks fused C kernels on CPU, Triton on
+CUDA or PyTorch, and the plain formula under torch.compile (tinykernels/ops.py has the table).
+Generation's one-token step is this forward pass written out for one position, with weights packed
+for streaming (tinykernels/decode.py).
 
 Initialisation: every matrix (embedding, projections, head) ~ N(0, init_std), norms at 1, no
 biases anywhere. The two projections that write into the residual stream (attention out and MLP
@@ -44,17 +46,17 @@ not grow with depth at initialisation.
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
-from tinykernels import attention, cross_entropy
-from tinykernels.decode import KVCache, decode_step
+from tinykernels import attention_cpu, cross_entropy
+from tinykernels.decode import decode_step
 from model_common import GatedMLP, LanguageModel, Linear, RMSNorm
 
-__all__ = ["KVCache", "Llama", "LlamaConfig", "rotary_table"]
+__all__ = ["KVCache", "Llama", "LlamaConfig", "apply_rotary", "rotary_table"]
 
 
 @dataclass
@@ -82,7 +84,7 @@ class LlamaConfig:
 
 
 def rotary_table(head_dim: int, max_seq_len: int, theta: float) -> torch.Tensor:
-    """(max_seq_len, 1, Dh/2, 2) float32: cos and sin of position x frequency, for tinykernels.apply_rotary.
+    """(max_seq_len, 1, Dh/2, 2) float32: cos and sin of position x frequency, for apply_rotary.
 
     Frequency j is theta^(-2j/Dh): the first pairs of a head turn fast (local order), the last
     slowly (long range). The angles are computed in fp32 exactly as `transformers` computes them, so
@@ -92,6 +94,54 @@ def rotary_table(head_dim: int, max_seq_len: int, theta: float) -> torch.Tensor:
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
     angles = torch.arange(max_seq_len, dtype=torch.int64).float()[:, None] * inv_freq  # (T, Dh/2)
     return torch.stack([angles.cos(), angles.sin()], dim=-1)[:, None]
+
+
+def apply_rotary(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
+    """x (B, T, n, Dh) rotated by position, returned in fp32; rope (T, 1, Dh/2, 2), or (B, T, 1, Dh/2, 2)
+    for rows at different positions, holds the cos and sin of each position x frequency (rotary_table).
+
+    Dimensions (2j, 2j+1) are the real and imaginary parts of one complex number, multiplied by
+    e^(i·position·frequency_j)."""
+    if torch.compiler.is_compiling():
+        # Inductor cannot generate code for complex numbers; the same product in real arithmetic
+        # fuses into one kernel with its neighbours.
+        re, im = x.float().unflatten(-1, (-1, 2)).unbind(-1)
+        cos, sin = rope.float().unbind(-1)
+        return torch.stack([re * cos - im * sin, im * cos + re * sin], dim=-1).flatten(-2)
+    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, T, n, Dh/2) complex64
+    return torch.view_as_real(pairs * torch.view_as_complex(rope.float())).flatten(-2)
+
+
+class KVCache:
+    """The keys and values of every position generated so far, for every layer, pre-allocated: one
+    (L, B, 2K, T_max, Dh) tensor, keys in the first K heads and values in the last K, so that a
+    decoding step stores a position's keys and values with one copy. Allocated on the first write,
+    in the dtype of the keys. tinykernels/decode.py reads kv, k, v, panels and left_pad directly."""
+
+    def __init__(self, n_layer: int, batch: int, n_kv_head: int, max_len: int, head_dim: int):
+        self.shape = (n_layer, batch, 2 * n_kv_head, max_len, head_dim)
+        self.n_kv_head = n_kv_head
+        self.kv: list[torch.Tensor] = []  # per layer, (B, 2K, T_max, Dh) views of one allocation
+        self.k: list[torch.Tensor] = []   # per layer, (B, K, T_max, Dh) views: its keys...
+        self.v: list[torch.Tensor] = []   # ...and values
+        self.panels: list | None = None   # the weights packed for decoding (decode.decoding_panels)
+        # (B,) padding tokens at the start of each row (left-padded prompts of different lengths),
+        # or None: row b's position p sits in slot p + left_pad[b], and slots before it are masked
+        self.left_pad: torch.Tensor | None = None
+
+    def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor):
+        """Store k, v (B, K, T, Dh) at positions start..start+T; return all keys/values so far,
+        (B, K, start + T, Dh) each."""
+        if not self.kv:
+            K = self.n_kv_head
+            self.kv = list(torch.empty(self.shape, dtype=k.dtype, device=k.device).unbind(0))
+            self.k, self.v = [kv[:, :K] for kv in self.kv], [kv[:, K:] for kv in self.kv]
+        T, end = k.size(2), start + k.size(2)
+        if end > self.shape[3]:
+            raise ValueError(f"KV cache holds {self.shape[3]} positions, asked to write up to {end}")
+        self.k[layer].narrow(2, start, T).copy_(k)
+        self.v[layer].narrow(2, start, T).copy_(v)
+        return self.k[layer].narrow(2, 0, end), self.v[layer].narrow(2, 0, end)
 
 
 class Attention(nn.Module):
@@ -104,11 +154,53 @@ class Attention(nn.Module):
 
     def forward(self, x, rope, layer: int = 0, kv_cache: KVCache | None = None, start_pos: int = 0,
                 mask: torch.Tensor | None = None):
-        """x (B, T, D) -> (B, T, D). qkv (B, T, (H + 2K)·Dh) holds every head's query, key and
-        value; tinykernels.attention rotates q and k by position (rope) and runs causal attention:
-        softmax(q·kᵀ / sqrt(Dh)) · v, each position seeing itself and the positions before it."""
-        y = attention(self.qkv(x), rope, self.n_head, self.n_kv_head, kv_cache, layer, start_pos, mask)
-        return self.out(y)  # (B, T, H·Dh) -> (B, T, D)
+        """x (B, T, D) -> (B, T, D): softmax(q·kᵀ / sqrt(Dh)) · v per head, each position seeing itself
+        and the positions before it, q and k rotated by position first.
+
+        rope (T, 1, Dh/2, 2): the rotary table at positions start_pos..start_pos+T-1. With kv_cache,
+        this chunk's keys and values are stored at those positions and the queries attend to every
+        position cached so far. mask (B, 1, T, T_keys) bool, True where a query may see a key,
+        replaces the causal mask: left-padded batches (Llama.hidden_states), whose rope is per row."""
+        B, T, _ = x.shape
+        H, K, Dh = self.n_head, self.n_kv_head, self.head_dim
+        # (B, T, (H + 2K)·Dh): every query head, then every key head, then every value head
+        qkv = self.qkv(x)
+        if kv_cache is None and mask is None and attention_cpu.usable(qkv, T):
+            # CPU training: the lines below in fused C kernels (rotary, attention and their
+            # backwards), about 2x (bf16) and 3x (fp32) faster than sdpa at these sizes
+            # (tinykernels/attention_cpu.py says why; tests/test_fused_cpu.py checks it against them).
+            return self.out(attention_cpu.causal_attention(qkv, rope[:, 0], H, K))
+        # split, not slicing: its backward concatenates the gradients instead of zero-filling
+        # a full-size buffer per slice
+        qk, v = qkv.view(B, T, H + 2 * K, Dh).split([H + K, K], dim=2)
+        # CPU attention runs in fp32, also under autocast: PyTorch's CPU flash kernel is faster in fp32
+        # than in bf16 at these head sizes (fwd+bwd 12.4 against 15.4 ms per layer, 14M model).
+        # Elsewhere the compute dtype.
+        attn_dtype = torch.float32 if x.device.type == "cpu" else v.dtype
+        q, k = apply_rotary(qk, rope).to(attn_dtype).split([H, K], dim=2)  # q and k in one pass
+        # (B, T, n, Dh) -> (B, n, T, Dh) views; sdpa takes strided inputs, so no copies here.
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.to(attn_dtype).transpose(1, 2)
+        # A left-padded batch's mask is already causal, with each row's padding keys hidden
+        # (hidden_states builds it): it replaces is_causal.
+        causal = mask is None
+        if kv_cache is not None:
+            k, v = kv_cache.update(layer, start_pos, k, v)  # now (B, K, start_pos + T, Dh)
+            if causal and T == 1:
+                causal = False  # one new query sees every cached position
+            elif causal and start_pos > 0:
+                # sdpa's is_causal aligns the mask top-left (query i sees keys 0..i), but these
+                # queries sit at positions start_pos.., so query i sees keys 0..start_pos + i:
+                # the causal mask aligned bottom-right.
+                causal = False
+                mask = torch.ones(T, start_pos + T, dtype=torch.bool, device=x.device).tril(start_pos)
+        # Grouped-query attention: query head h reads key/value head h // (H/K), as if each key/value
+        # head were repeated for its H/K query heads, k.repeat_interleave(H // K, dim=1) and the same
+        # for v; enable_gqa does that inside the kernel without the copies.
+        # autocast would cast fp32 q, k, v back to bf16 for sdpa: keep the dtype chosen above
+        with torch.autocast(x.device.type, enabled=False):
+            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=K != H)
+        # sdpa returns (B, H, T, Dh) laid out as (B, T, H, Dh), so this reshape is a view on CPU.
+        return self.out(y.transpose(1, 2).reshape(B, T, H * Dh))  # (B, T, H·Dh) -> (B, T, D)
 
 
 class Block(nn.Module):
@@ -221,15 +313,3 @@ class Llama(LanguageModel):
         """tokens (B,) at position pos -> next-token logits (B, V), the cache holding positions
         0..pos-1: forward() for one position, written out for speed (tinykernels/decode.py)."""
         return decode_step(self, tokens, cache, pos)
-
-    # ---------------------------------------------------------------- transformers format (tinyhelen/interop.py)
-    def save_hf(self, folder: str | os.PathLike, eos_token_id: int | None = None) -> None:
-        """Write a folder that `transformers.LlamaForCausalLM.from_pretrained` loads."""
-        from tinyhelen import interop
-        interop.save_hf(self, folder, eos_token_id)
-
-    @classmethod
-    def from_hf(cls, folder: str | os.PathLike) -> "Llama":
-        """Load a `transformers` Llama folder; ValueError for features this model does not have."""
-        from tinyhelen import interop
-        return interop.load_hf(folder, expect=cls)

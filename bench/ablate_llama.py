@@ -50,8 +50,9 @@ def _heads_of(qkv: torch.Tensor, rope: torch.Tensor, n_head: int, n_kv_head: int
 
 
 # name: (object, attribute, stand-in); each stand-in keeps the shapes and dtypes flowing on.
-# Training attention on CPU (tinykernels.attention) is attention_cpu.causal_attention in both
-# precisions, rotary included: the fp32 C kernel, or bf16 batched matmuls with fused kernels.
+# Training attention on CPU (the fused branch of model_llama.Attention) is
+# attention_cpu.causal_attention in both precisions, rotary included: the fp32 C kernel, or bf16
+# batched matmuls with fused kernels.
 STAND_INS = {
     "RMSNorm (17 per step)": (model_common.RMSNorm, "forward", lambda self, x: x.to(_autocast_dtype(x), copy=True)),
     "attention + rotary": (attention_cpu, "causal_attention", _heads_of),

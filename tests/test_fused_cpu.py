@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 
 import tinykernels
-from tinykernels import apply_rotary, attention_cpu, cross_entropy, fused_cpu, swiglu
-from model_llama import rotary_table
+from tinykernels import attention_cpu, cross_entropy, fused_cpu, swiglu
+from model_llama import KVCache, apply_rotary, rotary_table
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -235,7 +235,6 @@ def test_pack_for_decoding_layout_and_dtype():
 
 def _random_cache(B, K, T_max, Dh, g):
     """A one-layer KVCache with every slot drawn (torch.empty's leftovers could hold NaNs)."""
-    from tinykernels.decode import KVCache
     cache = KVCache(1, B, K, T_max, Dh)
     zeros = torch.zeros(B, K, 1, Dh)
     cache.update(0, 0, zeros, zeros)  # allocates

@@ -1,7 +1,9 @@
-"""The Llama's generation machinery: its KV cache and its one-token decoding step.
+"""The Llama's one-token decoding step, for generation.
 
-    cache = KVCache(n_layer, batch, n_kv_head, max_len, head_dim)
     logits = decode_step(model, tokens, cache, pos)     tokens (B,) at position pos -> logits (B, V)
+
+cache is a model_llama.KVCache (read through its attributes kv, k, v, panels and left_pad; this
+module does not import model_llama, which imports it).
 
 decode_step is model_llama.Llama.forward on a (B, 1) input written out for speed: a one-token step
 is about a hundred small ops, and nn.Module calls and the T axis were a fifth of its time (2.7
@@ -26,36 +28,6 @@ from tinykernels.ops import swiglu
 BLOCK_WEIGHTS = ("qkv", "out", "gate_up", "down")  # the matrices of a block, in the order they are used
 
 
-class KVCache:
-    """Pre-allocated keys and values for every layer: one (L, B, 2K, T_max, Dh) tensor, keys in the
-    first K heads and values in the last K, so that a decoding step stores a position's keys and
-    values with one copy. Allocated on the first write, in the dtype of the keys."""
-
-    def __init__(self, n_layer: int, batch: int, n_kv_head: int, max_len: int, head_dim: int):
-        self.shape = (n_layer, batch, 2 * n_kv_head, max_len, head_dim)
-        self.n_kv_head = n_kv_head
-        self.kv: list[torch.Tensor] = []  # per layer, (B, 2K, T_max, Dh) views of one allocation
-        self.k: list[torch.Tensor] = []   # per layer, (B, K, T_max, Dh) views: its keys...
-        self.v: list[torch.Tensor] = []   # ...and values
-        self.panels: list | None = None   # the weights packed for decoding (decoding_panels)
-        # (B,) padding tokens at the start of each row (left-padded prompts of different lengths),
-        # or None: row b's position p sits in slot p + left_pad[b], and slots before it are masked
-        self.left_pad: torch.Tensor | None = None
-
-    def update(self, layer: int, start: int, k: torch.Tensor, v: torch.Tensor):
-        """Store k, v (B, K, T, Dh) at positions start..start+T; return all keys/values so far."""
-        if not self.kv:
-            K = self.n_kv_head
-            self.kv = list(torch.empty(self.shape, dtype=k.dtype, device=k.device).unbind(0))
-            self.k, self.v = [kv[:, :K] for kv in self.kv], [kv[:, K:] for kv in self.kv]
-        T, end = k.size(2), start + k.size(2)
-        if end > self.shape[3]:
-            raise ValueError(f"KV cache holds {self.shape[3]} positions, asked to write up to {end}")
-        self.k[layer].narrow(2, start, T).copy_(k)
-        self.v[layer].narrow(2, start, T).copy_(v)
-        return self.k[layer].narrow(2, 0, end), self.v[layer].narrow(2, 0, end)
-
-
 def block_weight(model, layer: int, name: str) -> torch.Tensor:
     """A Llama block's (in, out) matrix by name (BLOCK_WEIGHTS)."""
     block = model.blocks[layer]
@@ -63,7 +35,7 @@ def block_weight(model, layer: int, name: str) -> torch.Tensor:
             "down": block.mlp.down}[name].weight
 
 
-def decode_step(model, tokens: torch.Tensor, cache: KVCache, pos: int) -> torch.Tensor:
+def decode_step(model, tokens: torch.Tensor, cache, pos: int) -> torch.Tensor:
     """tokens (B,) at position pos -> next-token logits (B, V); appends their keys and values to
     cache, which must already hold positions 0..pos-1 (written by a forward pass, the prefill).
     Call it without autograd (generate runs it under inference_mode)."""
@@ -135,7 +107,7 @@ def decoding_panels(model) -> list[dict[str, tuple[torch.Tensor, int]]]:
     return panels + [{"head": pack(model.lm_head.weight.t())}]
 
 
-def _decode_attention(qkv: torch.Tensor, cache: KVCache, layer: int, pos: int, rope: torch.Tensor,
+def _decode_attention(qkv: torch.Tensor, cache, layer: int, pos: int, rope: torch.Tensor,
                       K: int, key_mask: torch.Tensor | None = None) -> torch.Tensor:
     """decode_step's attention in PyTorch ops: qkv (B, H + 2K, Dh) fp32 -> (B, H·Dh). rope (Dh/2, 2),
     or (B, 1, Dh/2, 2) with key_mask (B, 1, 1, pos + 1) for left-padded rows."""

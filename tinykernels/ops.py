@@ -1,26 +1,26 @@
-"""The four ops the models call. Each one chooses its implementation here, in one place.
+"""Three of the ops the models call. Each one chooses its implementation here, in one place.
 
-    attention(qkv, rope, n_head, n_kv_head, kv_cache=None, layer=0, start_pos=0) -> y (B, T, H·Dh)
-    rms_norm(x, weight, eps=1e-5, backend="auto", out_dtype=None)                 -> y, x's shape
-    swiglu(gate_up)                                                               -> silu(gate) * up
-    cross_entropy(logits, targets, ignore_index=-1)                               -> mean loss, fp32
+    rms_norm(x, weight, eps=1e-5, backend="auto", out_dtype=None)    -> y, x's shape
+    swiglu(gate_up)                                                  -> silu(gate) * up
+    cross_entropy(logits, targets, ignore_index=-1)                  -> mean loss, fp32
 
 Which implementation runs:
 
     op             torch.compile     CPU (C kernels built)             CUDA       elsewhere
-    attention      formula + sdpa    training: attention_cpu (C/bf16)   sdpa       sdpa (fp32 on CPU)
     rms_norm       formula           fused_cpu (C)                      Triton     PyTorch custom op
     swiglu         formula           fused_cpu (C)                      PyTorch    PyTorch
     cross_entropy  F.cross_entropy   fused_cpu (C), with autograd       PyTorch    PyTorch
+
+The Llama's attention is written out in model_llama.py (Attention.forward): rotary + sdpa (fp32 on
+CPU), and for CPU training, behind one branch there, the fused kernels of attention_cpu.py.
 
 Under torch.compile every op is the plain formula: Dynamo cannot trace the ctypes calls into the C
 kernels, and Inductor fuses the formulas with their neighbours itself. rms_norm's backend ("auto",
 "triton" or "torch", see backend.py) forces Triton or PyTorch; the C kernels run only on "auto".
 Everything here takes and returns ordinary tensors with autograd; the implementations live in
-fused_cpu.py (C), attention_cpu.py, rmsnorm.py and rmsnorm_triton.py.
+fused_cpu.py (C), rmsnorm.py and rmsnorm_triton.py.
 
-Shapes: B batch, T time, H query heads, K key/value heads (K divides H), Dh head dim, F the MLP's
-hidden width, N rows, V classes.
+Shapes: F the MLP's hidden width, N rows, V classes.
 """
 
 from __future__ import annotations
@@ -28,71 +28,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from tinykernels import attention_cpu, fused_cpu, rmsnorm
+from tinykernels import fused_cpu, rmsnorm
 from tinykernels.backend import use_triton
-
-# ---------------------------------------------------------------------------------- attention
-
-
-def apply_rotary(x: torch.Tensor, rope: torch.Tensor) -> torch.Tensor:
-    """x (B, T, n, Dh) rotated by position, returned in fp32; rope (T, 1, Dh/2, 2) holds the cos and
-    sin of each position x frequency (model_llama.rotary_table).
-
-    Dimensions (2j, 2j+1) are the real and imaginary parts of one complex number, multiplied by
-    e^(i·position·frequency_j)."""
-    if torch.compiler.is_compiling():
-        # Inductor cannot generate code for complex numbers; the same product in real arithmetic
-        # fuses into one kernel with its neighbours.
-        re, im = x.float().unflatten(-1, (-1, 2)).unbind(-1)
-        cos, sin = rope.float().unbind(-1)
-        return torch.stack([re * cos - im * sin, im * cos + re * sin], dim=-1).flatten(-2)
-    pairs = torch.view_as_complex(x.float().unflatten(-1, (-1, 2)))  # (B, T, n, Dh/2) complex64
-    return torch.view_as_real(pairs * torch.view_as_complex(rope.float())).flatten(-2)
-
-
-def attention(qkv: torch.Tensor, rope: torch.Tensor, n_head: int, n_kv_head: int, kv_cache=None,
-              layer: int = 0, start_pos: int = 0, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Causal self-attention with rotary positions: softmax(q·kᵀ / sqrt(Dh), causal) · v per head.
-
-    qkv (B, T, (H + 2K)·Dh) holds every query head, then every key head, then every value head;
-    query head h reads key/value head h // (H / K). rope (T, 1, Dh/2, 2) is the rotary table at
-    positions start_pos..start_pos+T-1. With kv_cache (tinykernels.decode.KVCache), the rotated keys and
-    values are stored at those positions and the queries attend to everything cached so far.
-    mask (B, 1, T, T_keys) bool, True where a query may see a key, replaces the causal mask: for a
-    batch of left-padded prompts, whose rope is then per row, (B, T, 1, Dh/2, 2).
-    -> y (B, T, H·Dh), token-major, as the output projection reads it."""
-    if kv_cache is None and mask is None and attention_cpu.usable(qkv, qkv.size(1)):
-        # CPU training: rotary, attention and their backwards in fused kernels, about 2x (bf16)
-        # and 3x (fp32) faster than sdpa at these sizes (attention_cpu.py says why)
-        return attention_cpu.causal_attention(qkv, rope[:, 0], n_head, n_kv_head)
-    B, T, _ = qkv.shape
-    H, K = n_head, n_kv_head
-    Dh = qkv.size(-1) // (H + 2 * K)
-    # split, not slicing: its backward concatenates the gradients instead of zero-filling
-    # a full-size buffer per slice
-    qk, v = qkv.view(B, T, H + 2 * K, Dh).split([H + K, K], dim=2)
-    # CPU attention runs in fp32, also under autocast: PyTorch's CPU flash kernel is faster in fp32
-    # than in bf16 at these head sizes (fwd+bwd 12.4 against 15.4 ms per layer, 14M model).
-    # Elsewhere the compute dtype.
-    attn_dtype = torch.float32 if qkv.device.type == "cpu" else v.dtype
-    q, k = apply_rotary(qk, rope).to(attn_dtype).split([H, K], dim=2)  # q and k in one pass
-    # (B, T, n, Dh) -> (B, n, T, Dh) views; sdpa takes strided inputs, so no copies here.
-    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.to(attn_dtype).transpose(1, 2)
-    causal = mask is None
-    if kv_cache is not None:
-        k, v = kv_cache.update(layer, start_pos, k, v)
-        if causal and T == 1:
-            causal = False  # one new query may see every cached position
-        elif causal and start_pos > 0:
-            # sdpa's is_causal aligns the mask top-left; a chunk after a prefix needs bottom-right.
-            causal = False
-            mask = torch.ones(T, start_pos + T, dtype=torch.bool, device=qkv.device).tril(start_pos)
-    # autocast would cast fp32 q, k, v back to bf16 for sdpa: keep the dtype chosen above
-    with torch.autocast(qkv.device.type, enabled=False):
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal, enable_gqa=K != H)
-    # sdpa returns (B, H, T, Dh) laid out as (B, T, H, Dh), so this reshape is a view on CPU.
-    return y.transpose(1, 2).reshape(B, T, H * Dh)
-
 
 # ---------------------------------------------------------------------------------- RMSNorm
 
