@@ -27,10 +27,10 @@ import torch
 
 from tinyhelen import config as config_lib
 from tinyhelen import machine as machine_lib
-from tinyhelen.checkpoint import CheckpointError, load_model
+from tinyhelen.checkpoint import CheckpointError, load_checkpoint
 from tinyhelen.config import setting
+from tinyhelen.runs import is_transformers_folder, load_run
 from data.corpus import CORPORA, GENRES, SPLITS
-from sample import load_run_tokenizer
 
 
 def genre_names(text: str) -> list[str] | None:
@@ -40,7 +40,7 @@ def genre_names(text: str) -> list[str] | None:
 
 @dataclass
 class EvalConfig:
-    out_dir: str = "out/demo_llama"              # run folder holding ckpt.pt
+    out_dir: str = "out/demo_llama"              # run folder holding ckpt.pt, a ckpt.pt, or an export
     data: str = "../shared/data/tinyhelen"       # TinyHelen-layout folder, or JSONL of {"text", "genre"?}
     corpus: str = setting("leaner", choices=CORPORA)           # leaner | ori (folders only)
     split: str = setting("test", choices=SPLITS)               # train | validation | test (folders only)
@@ -126,13 +126,21 @@ def score_texts(model, tokenizer, texts_by_genre: dict[str, list[str]], seq_len:
     return summary
 
 
+def trained_seq_len(path: str | Path, model) -> int:
+    """The seq_len the run trained with, from its checkpoint's config; a transformers folder does not
+    record it, so there the model's context length."""
+    if is_transformers_folder(Path(path)):
+        if getattr(model.config, "max_seq_len", None) is None:
+            raise CheckpointError(f"{path} does not record the sequence length it was trained with: give --seq_len")
+        return model.config.max_seq_len
+    return load_checkpoint(path)["config"]["seq_len"]
+
+
 def evaluate(cfg: EvalConfig) -> dict:
     texts_by_genre = read_texts(cfg.data, cfg.corpus, cfg.split, genre_names(cfg.genres))
     device = machine_lib.setup(cfg.device, "fp32", distributed=False).device
-    model, ckpt = load_model(cfg.out_dir, device)
-    run_dir = Path(cfg.out_dir)
-    tokenizer = load_run_tokenizer(run_dir if run_dir.is_dir() else run_dir.parent, ckpt.get("data_meta", {}))
-    seq_len = cfg.seq_len or ckpt["config"]["seq_len"]
+    model, tokenizer, _ = load_run(cfg.out_dir, device)
+    seq_len = cfg.seq_len or trained_seq_len(cfg.out_dir, model)
     echo = lambda line: print(line, flush=True)  # noqa: E731
     summary = score_texts(model, tokenizer, texts_by_genre, seq_len, cfg.batch_size, device,
                           cfg.max_tokens_per_genre, echo)

@@ -9,7 +9,9 @@ tokenizer (tokenizer.json, tokenizer_config.json, special_tokens_map.json), so t
 `pipeline("text-generation", model=HF_DIR)`, take the folder as is and give the same greedy text as
 `sample.py --temperature=0`. The run's end-of-text id is eos (generate stops at the end of a
 document, as sample.py does) and bos (the tokenizer starts each prompt with it, as sample.py does).
-The run's tokenizer.json is kept beside them as tinyhelen_tokenizer.json.
+The run's tokenizer.json is kept beside them as tinyhelen_tokenizer.json and its data meta as
+tinyhelen_meta.json, so that sample.py, evaluate.py and every stage open the folder as they open the
+run (tinyhelen/runs.py).
 
 --gguf writes one GGUF file instead (tinyhelen/interop_gguf.py), which llama.cpp loads and runs: the Llama,
 and Mamba-1 / Mamba-2 without an MLP after each mixer, with a gpt-2K tokenizer.
@@ -28,7 +30,9 @@ from pathlib import Path
 from tinyhelen import config as config_lib
 from tinyhelen import interop
 from tinyhelen import interop_gguf
+from tinyhelen.atomic import atomic_write_json
 from tinyhelen.checkpoint import CheckpointError, load_model
+from tinyhelen.runs import EXPORT_META, EXPORT_TOKENIZER, load_tokenizer_from
 
 
 @dataclass
@@ -39,62 +43,64 @@ class ExportConfig:
     gguf_path: str = ""              # with --gguf; empty = the run folder's model.gguf
 
 
-def end_of_text_id(run_dir: Path, ckpt: dict, vocab_size: int) -> int | None:
+def find_tokenizer(run_dir: Path, meta: dict) -> tuple[object | None, str]:
+    """(the run's tokenizer, "") by tinyhelen/runs.py's rule, or (None, why) when the run has none: the
+    model still exports, with a warning."""
+    try:
+        return load_tokenizer_from(run_dir, meta), ""
+    except (CheckpointError, OSError, ValueError) as e:
+        return None, str(e)
+
+
+def end_of_text_id(meta: dict, tokenizer, why: str, vocab_size: int) -> int | None:
     """The run's end-of-text id: from the prepared data's meta saved in the checkpoint, else from
     the run's tokenizer; None (with a warning) when neither is there."""
-    meta = ckpt.get("data_meta") or {}
     eot_id = meta.get("eot_id")
     if eot_id is None:
-        from sample import load_run_tokenizer
-        try:
-            eot_id = load_run_tokenizer(run_dir, meta).eot_id
-        except (CheckpointError, OSError, ValueError) as e:
-            print(f"warning: no end-of-text id for this run ({e}); the export has no eos_token_id, so "
+        if tokenizer is None:
+            print(f"warning: no end-of-text id for this run ({why}); the export has no eos_token_id, so "
                   "transformers' generate will run to max_new_tokens", file=sys.stderr)
             return None
+        eot_id = tokenizer.eot_id
     if not 0 <= eot_id < vocab_size:
         raise CheckpointError(f"the run's end-of-text id {eot_id} is outside the model's vocabulary of "
                               f"{vocab_size}: the checkpoint and its data do not belong together")
     return int(eot_id)
 
 
-def run_tokenizer(run_dir: Path, ckpt: dict):
-    """The run's tokenizer (sample.py's rule), or None with a warning when the run has none."""
-    from sample import load_run_tokenizer
-    try:
-        return load_run_tokenizer(run_dir, ckpt.get("data_meta") or {})
-    except (CheckpointError, OSError, ValueError) as e:
-        print(f"warning: no tokenizer for this run ({e}); the export has no tokenizer files, so "
-              "AutoTokenizer cannot load it", file=sys.stderr)
-        return None
-
-
 def export(cfg: ExportConfig) -> Path:
     out_dir = Path(cfg.out_dir)
     run_dir = out_dir.parent if out_dir.suffix == ".pt" else out_dir
     model, ckpt = load_model(out_dir)
+    meta = ckpt.get("data_meta") or {}
+    tokenizer, why = find_tokenizer(run_dir, meta)
     if cfg.gguf:
-        return export_gguf(cfg, run_dir, model, ckpt)
-    eot_id = end_of_text_id(run_dir, ckpt, model.config.vocab_size)
+        return export_gguf(cfg, run_dir, model, tokenizer)
+    eot_id = end_of_text_id(meta, tokenizer, why, model.config.vocab_size)
     hf_dir = Path(cfg.hf_dir) if cfg.hf_dir else run_dir / "hf"
     if hf_dir.exists() and not hf_dir.is_dir():
         raise NotADirectoryError(f"--hf_dir={hf_dir} is a file: give a folder to write the model into")
     interop.save_hf(model, hf_dir, eos_token_id=eot_id)
-    tokenizer = run_tokenizer(run_dir, ckpt) if eot_id is not None else None
-    if tokenizer is not None:
+    if eot_id is None:
+        tokenizer = None  # warned about above: without an end-of-text id there is no tokenizer either
+    elif tokenizer is None:
+        print(f"warning: no tokenizer for this run ({why}); the export has no tokenizer files, so "
+              "AutoTokenizer cannot load it", file=sys.stderr)
+    else:
         interop.save_hf_tokenizer(tokenizer, hf_dir, getattr(model.config, "max_seq_len", 1 << 20))
     if (run_dir / "tokenizer.json").is_file():
-        shutil.copyfile(run_dir / "tokenizer.json", hf_dir / "tinyhelen_tokenizer.json")
+        shutil.copyfile(run_dir / "tokenizer.json", hf_dir / EXPORT_TOKENIZER)
+    if meta:
+        atomic_write_json(hf_dir / EXPORT_META, meta)
     print(f"wrote {hf_dir} ({type(model).__name__}, {model.num_params(non_embedding=False):,} parameters, "
           f"eos_token_id {eot_id}, {'tokenizer ' + tokenizer.name if tokenizer else 'no tokenizer'})")
     return hf_dir
 
 
-def export_gguf(cfg: ExportConfig, run_dir: Path, model, ckpt: dict) -> Path:
+def export_gguf(cfg: ExportConfig, run_dir: Path, model, tokenizer) -> Path:
     path = Path(cfg.gguf_path) if cfg.gguf_path else run_dir / "model.gguf"
     if path.is_dir():
         raise IsADirectoryError(f"--gguf_path={path} is a folder: give the .gguf file to write")
-    tokenizer = run_tokenizer(run_dir, ckpt)
     if tokenizer is None:
         raise CheckpointError(f"a GGUF file holds its tokenizer, and the run in {run_dir} has none: "
                               "put the run's tokenizer.json beside ckpt.pt")

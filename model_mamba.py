@@ -350,15 +350,3 @@ class Mamba(LanguageModel):
                 h = torch.zeros(batch, cfg.nheads, cfg.headdim, cfg.d_state, device=device)
             states.append((window, h))
         return states
-
-    # ------------------------------------------------------------------ transformers format (tinyhelen/interop.py)
-    def save_hf(self, folder, eos_token_id: int | None = None) -> None:
-        """Write a folder that transformers' MambaForCausalLM / Mamba2ForCausalLM / BambaForCausalLM loads."""
-        from tinyhelen import interop
-        interop.save_hf(self, folder, eos_token_id)
-
-    @classmethod
-    def from_hf(cls, folder) -> "Mamba":
-        """A model from a folder written by save_hf or by transformers' save_pretrained."""
-        from tinyhelen import interop
-        return interop.load_hf(folder, expect=cls)

@@ -3,26 +3,27 @@
     python sample.py --out_dir=out/demo_llama --prompt="Once upon a time" --num_samples=3 \
         --max_new_tokens=200 --temperature=0.8 --top_k=50 --top_p=0.95
 
-Reads OUT_DIR/ckpt.pt and the tokenizer the run copied beside it; works for every model type.
+Reads OUT_DIR/ckpt.pt and the tokenizer the run copied beside it (or a transformers folder that
+export.py wrote: tinyhelen/runs.py); works for every model type.
 """
 
 from __future__ import annotations
 
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from tinyhelen import config as config_lib
 from tinyhelen import machine as machine_lib
-from tinyhelen.checkpoint import CheckpointError, load_model
+from tinyhelen.checkpoint import CheckpointError
 from tinyhelen.config import setting
+from tinyhelen.runs import load_run
 
 
 @dataclass
 class SampleConfig:
-    out_dir: str = "out/demo_llama"     # a run folder (holds ckpt.pt) or a ckpt.pt path
+    out_dir: str = "out/demo_llama"     # a run folder (holds ckpt.pt), a ckpt.pt path or an export
     prompt: str = "Once upon a time"    # text to continue; "" starts from the end-of-text token alone
     num_samples: int = setting(3, min=1)
     max_new_tokens: int = setting(200, min=1)
@@ -33,24 +34,9 @@ class SampleConfig:
     device: str = setting("auto", check=machine_lib.check_device)  # auto | cpu | cuda | cuda:N
 
 
-def load_run_tokenizer(out_dir: str | Path, meta: dict):
-    """The tokenizer a run was trained with: OUT_DIR/tokenizer.json, or a named standard one."""
-    from data.tokenizer import load_tokenizer
-    local = Path(out_dir) / "tokenizer.json"
-    if local.is_file():
-        return load_tokenizer(str(local))
-    name = meta.get("tokenizer", "")
-    if name and not name.endswith(".json"):
-        return load_tokenizer(name)  # a standard tokenizer such as cl100k_base
-    raise CheckpointError(f"no tokenizer found for the run in {out_dir}: expected {local}")
-
-
 def generate_texts(cfg: SampleConfig) -> list[str]:
-    out_dir = Path(cfg.out_dir)
-    run_dir = out_dir.parent if out_dir.suffix == ".pt" else out_dir
     device = machine_lib.setup(cfg.device, "fp32", distributed=False).device
-    model, ckpt = load_model(out_dir, device)
-    tokenizer = load_run_tokenizer(run_dir, ckpt.get("data_meta", {}))
+    model, tokenizer, _ = load_run(cfg.out_dir, device)
     # Documents were joined with end-of-text during training, so it is the natural start token.
     prompt_ids = [tokenizer.eot_id] + tokenizer.encode(cfg.prompt)
     idx = torch.tensor([prompt_ids] * cfg.num_samples, device=device)

@@ -6,12 +6,12 @@ One process, the paper's 14M Llama (random weights; speed does not depend on the
 interop.save_hf and loaded by transformers as LlamaForSequenceClassification with pad_token_id =
 end-of-text (so it finds each row's last real token), its score head copied from ours: the same
 weights. The batches are real examples of the task, tokenized with the gpt-2K tokenizer and drawn
-by finetune_glue.GlueBatches (right-padded to the batch's longest member, from runs of similar
+by tinyhelen.glue.GlueBatches (right-padded to the batch's longest member, from runs of similar
 length); every contender trains on the same batches. A step is forward + loss + backward + fused
 AdamW, in a plain PyTorch loop for each, under the same precision (bf16 autocast where the CPU has
 native bf16, as the training loop does; fp32 with --dtype=fp32) and threads. Contenders:
 
-    ours          finetune_glue.SequenceClassifier, dynamic padding
+    ours          tinyhelen.glue.SequenceClassifier, dynamic padding
     hf_dynamic    transformers, the same dynamically padded batches (with their attention mask)
     hf_pad256     transformers, every batch padded to 256 tokens: the reference fine-tuning setting
 
@@ -42,7 +42,7 @@ from tinyhelen import config  # noqa: E402
 from tinyhelen import interop  # noqa: E402
 from tinyhelen import machine as machine_lib  # noqa: E402
 from tinyhelen.config import setting  # noqa: E402
-from finetune_glue import GlueBatches, SequenceClassifier, encode  # noqa: E402
+from tinyhelen.glue import GlueBatches, SequenceClassifier, encode  # noqa: E402
 from data.tasks import read_glue  # noqa: E402
 from model_llama import Llama, LlamaConfig  # noqa: E402
 

@@ -45,7 +45,7 @@ if str(REPO_ROOT) not in sys.path:
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from tinyhelen import config  # noqa: E402
+from tinyhelen import config, interop  # noqa: E402
 from model_llama import Llama, LlamaConfig  # noqa: E402
 from tinyhelen.machine import cpu_supports_bf16, keep_freed_memory_mapped  # noqa: E402
 
@@ -106,7 +106,7 @@ def make_models(seed: int) -> tuple[Llama, transformers.LlamaForCausalLM]:
     torch.manual_seed(seed)
     ours = Llama(LlamaConfig())
     with tempfile.TemporaryDirectory() as tmp:
-        ours.save_hf(tmp)
+        interop.save_hf(ours, tmp)
         theirs = transformers.LlamaForCausalLM.from_pretrained(tmp)
     return ours, theirs
 

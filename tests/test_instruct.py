@@ -1,7 +1,7 @@
-"""instruct.py, tinyhelen/instruct_data.py and tinyhelen/judge.py: loss masks and batches, held-out data kept out, answers
-that resume, and a judge whose parsing, retries, failure records and resume are shown against a
-scripted loopback server (and, slow, against the real embedded llama.cpp server). Batched generation
-itself is tested in tests/test_batched_generate.py."""
+"""instruct.py, tinyhelen/instruct_data.py, tinyhelen/judge.py and tinyhelen/judge_report.py: loss masks
+and batches, held-out data kept out, answers that resume, and a judge whose parsing, retries, failure
+records and resume are shown against a scripted loopback server (and, slow, against the real embedded
+llama.cpp server). Batched generation itself is tested in tests/test_batched_generate.py."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from tinyhelen import judge
+from tinyhelen import judge, judge_report
 from data.corpus import DataError
 from data.tasks import Instruction, read_eval
 from tinyhelen.instruct_data import InstructionBatches, check_no_leak, convert, encode, forbidden_texts, make_batch, normalise
@@ -244,22 +244,22 @@ def test_judging_with_a_scripted_server_retries_records_failures_and_resumes(tmp
         # resume: nothing finished is asked again, failed ones included
         again = judge.judge_all(client, [a, b], cfg, "fake")
         assert len(fake.requests) == sent and again == rows
-    agree = judge.agreement(rows)
+    agree = judge_report.agreement(rows)
     assert agree["pairs"] == 6 and agree["grammar"]["exact"] == 1.0 and agree["sum"]["spearman"] == pytest.approx(1.0)
-    bias = judge.position_bias(rows)
+    bias = judge_report.position_bias(rows)
     assert sum(v["n"] for v in bias["by_label"].values()) == 12
-    report = judge.run_report(judge.ReportConfig(answers=f"{a},{b}", judgements=str(out), eval_root=str(tmp_path),
-                                                 out_dir=str(tmp_path / "report")))
+    report = judge_report.run_report(judge_report.ReportConfig(
+        answers=f"{a},{b}", judgements=str(out), eval_root=str(tmp_path), out_dir=str(tmp_path / "report")))
     assert "| good | all (n=3) | 5.00" in report and "| bad | all (n=3) | 1.00" in report
     assert (tmp_path / "report" / "scores.png").stat().st_size > 1000
 
 
 def test_text_measures_against_hand_counts():
-    m = judge.text_measures("the cat saw the cat saw the cat")
+    m = judge_report.text_measures("the cat saw the cat saw the cat")
     assert m["words"] == 8 and m["distinct_1"] == pytest.approx(3 / 8) and m["distinct_2"] == pytest.approx(3 / 7)
     # 3-grams: (the cat saw) (cat saw the) (saw the cat) (the cat saw)* (cat saw the)* (saw the cat)*
     assert m["repetition"] == pytest.approx(3 / 6)
-    assert judge.mean_ci([1.0, 2.0, 3.0])[:2] == pytest.approx((2.0, 4.302653 * 1 / 3 ** 0.5), rel=1e-5)
+    assert judge_report.mean_ci([1.0, 2.0, 3.0])[:2] == pytest.approx((2.0, 4.302653 * 1 / 3 ** 0.5), rel=1e-5)
 
 
 @pytest.mark.slow
@@ -277,8 +277,8 @@ def test_judging_against_the_real_local_server_parses_and_aggregates(tmp_path):
     assert len(rows) == 4
     for r in rows:
         assert (r["status"] == "ok" and set(r["scores"]) == {"a", "b"}) or (r["status"] == "failed" and r["reason"])
-    judge.run_report(judge.ReportConfig(answers=f"{a},{b}", judgements=cfg.out, eval_root=str(tmp_path),
-                                        out_dir=str(tmp_path / "r")))
+    judge_report.run_report(judge_report.ReportConfig(answers=f"{a},{b}", judgements=cfg.out,
+                                                      eval_root=str(tmp_path), out_dir=str(tmp_path / "r")))
     assert (tmp_path / "r" / "report.md").is_file()
 
 

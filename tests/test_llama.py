@@ -8,6 +8,7 @@ import transformers
 
 from conftest import assert_compiled_matches_eager
 from model_llama import KVCache, Llama, LlamaConfig
+from tinyhelen import interop
 
 ATOL = 1e-4
 
@@ -44,7 +45,7 @@ def random_llama(cfg: LlamaConfig, seed: int = 0) -> Llama:
 def hf_twin(model: Llama) -> transformers.LlamaForCausalLM:
     """LlamaForCausalLM (eager attention: the plain reference path) holding model's weights.
 
-    The weight mapping is written out here on purpose instead of calling model.save_hf, so that
+    The weight mapping is written out here on purpose instead of calling interop.save_hf, so that
     these tests check the export mapping rather than reuse it."""
     c = model.config
     hd = c.n_embd // c.n_head
@@ -144,7 +145,7 @@ def test_gradients_match_transformers(variant):
 @pytest.mark.parametrize("tied", [False, True])
 def test_save_hf_round_trip(tmp_path, tied):
     model = random_llama(tiny_config(n_kv_head=2, tie_embeddings=tied))
-    model.save_hf(tmp_path / "hf")
+    interop.save_hf(model, tmp_path / "hf")
     assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["config.json", "model.safetensors"]
     hf = transformers.LlamaForCausalLM.from_pretrained(tmp_path / "hf").eval()
     assert hf.config.num_key_value_heads == 2 and hf.config.tie_word_embeddings == tied
@@ -154,7 +155,7 @@ def test_save_hf_round_trip(tmp_path, tied):
 
     # ... and back: an HF-saved folder loads into ours with the same logits.
     hf.save_pretrained(tmp_path / "hf2")
-    back = Llama.from_hf(tmp_path / "hf2").eval()
+    back = interop.load_hf(tmp_path / "hf2", expect=Llama).eval()
     assert back.config == model.config
     with torch.no_grad():
         torch.testing.assert_close(back(idx)[0], model(idx)[0], atol=1e-6, rtol=0)
@@ -168,7 +169,7 @@ def test_from_hf_model_built_by_transformers(tmp_path):
                                   rope_theta=1234.0, rms_norm_eps=1e-6, initializer_range=0.3)
     hf = transformers.LlamaForCausalLM(hc).eval()
     hf.save_pretrained(tmp_path)
-    ours = Llama.from_hf(tmp_path).eval()
+    ours = interop.load_hf(tmp_path, expect=Llama).eval()
     assert (ours.config.rope_theta, ours.config.norm_eps, ours.config.max_seq_len) == (1234.0, 1e-6, 40)
     idx = torch.randint(0, 61, (2, 19))
     with torch.no_grad():
@@ -180,7 +181,7 @@ def test_from_hf_rejects_unsupported(tmp_path):
                                   num_attention_heads=4, attention_bias=True)
     transformers.LlamaForCausalLM(hc).save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="biases"):
-        Llama.from_hf(tmp_path)
+        interop.load_hf(tmp_path, expect=Llama)
 
 
 def greedy_without_cache(model: Llama, idx: torch.Tensor, n: int) -> torch.Tensor:

@@ -9,6 +9,7 @@ import torch
 
 from conftest import assert_compiled_matches_eager
 from model_mamba import Mamba, MambaConfig
+from tinyhelen import interop
 
 transformers = pytest.importorskip("transformers")
 
@@ -33,7 +34,7 @@ def tiny(kind, **overrides):
 
 
 def hf_twin(model, tmp_path):
-    model.save_hf(tmp_path / "hf")
+    interop.save_hf(model, tmp_path / "hf")
     hf = getattr(transformers, HF_CLASS[_kind(model)]).from_pretrained(tmp_path / "hf")
     return hf.train()  # train mode: the same full-sequence path our forward takes
 
@@ -46,7 +47,6 @@ def _kind(model):
 def hf_gradients_in_our_layout(model, hf):
     """transformers' gradients mapped onto our parameter names and layouts (interop's import
     mapping; a wrong mapping would already have shown in the logits)."""
-    from tinyhelen import interop
     grads = {name: p.grad for name, p in hf.named_parameters() if p.grad is not None}
     return interop.mamba_state_from_hf(grads, model.config)
 
@@ -129,17 +129,17 @@ def test_loss_ignores_minus_one_targets():
 @pytest.mark.parametrize("kind", ["mamba1", "mamba2", "mamba2_mlp"])
 def test_transformers_format_round_trip(kind, tmp_path):
     model = tiny(kind, tie_embeddings=(kind == "mamba1"))
-    model.save_hf(tmp_path / "hf")
+    interop.save_hf(model, tmp_path / "hf")
     assert sorted(p.name for p in (tmp_path / "hf").iterdir()) == ["config.json", "model.safetensors"]
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["architectures"] == [HF_CLASS[kind]]
-    back = Mamba.from_hf(tmp_path / "hf")
+    back = interop.load_hf(tmp_path / "hf", expect=Mamba)
     assert back.config == model.config
     for (name, a), b in zip(model.state_dict().items(), back.state_dict().values()):
         assert torch.equal(a, b), name
     # and from a folder transformers itself wrote
     hf = hf_twin(model, tmp_path)
     hf.save_pretrained(tmp_path / "from_hf")
-    again = Mamba.from_hf(tmp_path / "from_hf")
+    again = interop.load_hf(tmp_path / "from_hf", expect=Mamba)
     idx = torch.randint(0, 61, (1, 10))
     torch.testing.assert_close(again(idx)[0], model(idx)[0])
 
@@ -147,7 +147,7 @@ def test_transformers_format_round_trip(kind, tmp_path):
 def test_mamba1_with_mlp_cannot_be_exported(tmp_path):
     model = Mamba(MambaConfig(**{**TINY["mamba1"], "mlp_hidden": 32}))
     with pytest.raises(ValueError, match="Mamba-1"):
-        model.save_hf(tmp_path / "hf")
+        interop.save_hf(model, tmp_path / "hf")
     assert not (tmp_path / "hf" / "config.json").exists()
 
 

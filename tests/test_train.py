@@ -165,9 +165,9 @@ def test_evaluate_reports_consistent_numbers(trained_run, shared_data, tmp_path)
     result = run_script("evaluate.py", f"--out_dir={trained_run}", f"--data={rows}")
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     from tinyhelen.checkpoint import load_model
-    from sample import load_run_tokenizer
+    from tinyhelen.runs import load_tokenizer_from
     model, ckpt = load_model(trained_run)
-    tok = load_run_tokenizer(trained_run, {})
+    tok = load_tokenizer_from(trained_run)
     stream = [tok.eot_id]
     for t in ["The sun is hot.", "I like my dog."]:
         stream += tok.encode(t) + [tok.eot_id]
@@ -197,8 +197,8 @@ def test_end_of_run_bits_per_byte_match_evaluate(leaner_small, tmp_path):
     # The unigram baseline beside it, recomputed here by counting in plain Python.
     from collections import Counter
     from data.corpus import load_texts
-    from sample import load_run_tokenizer
-    tok = load_run_tokenizer(run, {})
+    from tinyhelen.runs import load_tokenizer_from
+    tok = load_tokenizer_from(run)
     train_ids = np.fromfile(leaner_small / "train.bin", dtype=np.uint16).tolist()
     counts, vocab = Counter(train_ids), trainer.cfg.model.vocab_size
     docs = load_texts(data_root, "leaner", "test", ["wiki", "conversation"])
