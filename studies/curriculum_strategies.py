@@ -17,7 +17,8 @@ Each run's result.json holds its settings, wall time and every evaluation row. A
 tokens it needed to reach the full_repeated baseline's final validation loss (mean over its seeds),
 mean and standard deviation over the seeds that reached it ("not reached" when none did); OUT_DIR/
 curves.png the validation loss against steps and against unique tokens, the mean over seeds as a line
-and the range over seeds as a band; OUT_DIR/summary.json the same numbers.
+and the range over seeds as a band; OUT_DIR/summary.json the same numbers. The wall time of every
+run and fine-tuning is appended to OUT_DIR/times.jsonl.
 
 Leaner-Glue (--glue_tasks, the "glue" step): each finished run's final checkpoint is fine-tuned by
 finetune_glue.py (--glue_config, plus --glue_flags) into OUT_DIR/glue/NAME/seedS, itself resumable.
@@ -33,19 +34,20 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as `python studies/NAME.py`: import from the repo root, not studies/
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from studies import common
 from tinyhelen import config as config_lib
 from tinyhelen.atomic import atomic_write_json, atomic_write_text
 from tinyhelen.checkpoint import CheckpointError
 from tinyhelen.config import setting
 from data.corpus import DataError
 from curriculum import ORDERED, CurriculumConfig, run_curriculum
-from tinyhelen.metrics import read_metrics, save_figure
+from tinyhelen.metrics import read_metrics
 
 RUNS = ("full_repeated", "full_random", "random", "sentence_length", "self_loss", "self_loss_reverse",
         "reference_loss", "multi_round")
@@ -69,20 +71,20 @@ def _check_steps(steps) -> str | None:
 class ExperimentConfig:
     run_config: str = "configs/curriculum_proxy.py"  # the settings every run shares
     out_dir: str = "out/curriculum"
-    seeds: tuple[int, ...] = (1, 2, 3)
+    seeds: tuple[int, ...] = setting((1, 2, 3), check=common.at_least_one)
     runs: tuple[str, ...] = setting(RUNS, check=_check_runs)
-    flags: tuple[str, ...] = field(default_factory=tuple)  # extra --key=value for every run, comma separated
+    flags: tuple[str, ...] = ()  # extra --key=value for every run, comma separated
     report_only: bool = False   # the same as --steps=report
     steps: tuple[str, ...] = setting(("runs", "glue", "report"), check=_check_steps)
     glue_tasks: str = ""        # e.g. rte,cola: fine-tune every run's final checkpoint (empty: no glue step)
     glue_seeds: tuple[int, ...] = ()   # the pre-training seeds whose checkpoints are fine-tuned; () = all
     glue_config: str = "configs/glue_cpu.py"
-    glue_flags: tuple[str, ...] = field(default_factory=tuple)  # e.g. --lrs=1e-3,--seeds=1
+    glue_flags: tuple[str, ...] = ()  # e.g. --lrs=1e-3,--seeds=1
 
 
 def run_flags(name: str, seed: int, cfg: ExperimentConfig) -> list[str]:
     strategy = name.removesuffix("_reverse")
-    flags = [cfg.run_config, *cfg.flags, f"--strategy={strategy}", f"--seed={seed}",
+    flags = [cfg.run_config, *common.flag_list(cfg.flags), f"--strategy={strategy}", f"--seed={seed}",
              f"--out_dir={Path(cfg.out_dir) / name / f'seed{seed}'}"]
     if name.endswith("_reverse"):
         flags.append("--reverse")
@@ -94,13 +96,14 @@ def run_flags(name: str, seed: int, cfg: ExperimentConfig) -> list[str]:
 def run_one(name: str, seed: int, cfg: ExperimentConfig) -> dict:
     out = Path(cfg.out_dir) / name / f"seed{seed}"
     done = out / "result.json"
-    if done.is_file():
+    state = common.run_state(out, result="result.json")
+    if state == common.FINISHED:
         return json.loads(done.read_text())
-    flags = run_flags(name, seed, cfg) + (["--resume"] if (out / "ckpt.pt").is_file() else [])
+    flags = run_flags(name, seed, cfg) + (["--resume"] if state == common.STOPPED else [])
     run_cfg = config_lib.parse_args(CurriculumConfig(), flags)
-    print(f"=== {name} seed {seed}: python curriculum.py {' '.join(flags)}", flush=True)
     start = time.perf_counter()
-    run_curriculum(run_cfg)
+    common.Runner(cfg.out_dir).call("runs", f"{name} seed {seed}: python curriculum.py {' '.join(flags)}",
+                                    run_curriculum, run_cfg)
     evals = [r for r in read_metrics(out / "metrics.jsonl") if "val_loss" in r]
     keys = ("step", "tokens", "val_loss", "fraction", "growths", "grew_to", "round", "unique_documents",
             "unique_tokens")
@@ -116,10 +119,6 @@ def first_reaching(evals: list[dict], target: float) -> dict | None:
     return next((r for r in evals if r["val_loss"] <= target), None)
 
 
-def _mean_sd(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
-
-
 def summarize(results: dict[str, list[dict]]) -> dict:
     """The table's numbers: target = the baseline's final validation loss, mean over its seeds."""
     target = statistics.fmean(r["final_val_loss"] for r in results[BASELINE])
@@ -128,51 +127,45 @@ def summarize(results: dict[str, list[dict]]) -> dict:
         hits = [first_reaching(r["evals"], target) for r in runs]
         reached = [h for h in hits if h is not None]
         row = {"seeds": len(runs), "reached": len(reached),
-               "final_val_loss": _mean_sd([r["final_val_loss"] for r in runs]),
-               "final_unique_tokens": _mean_sd([r["evals"][-1]["unique_tokens"] for r in runs])}
+               "final_val_loss": common.mean_sd([r["final_val_loss"] for r in runs]),
+               "final_unique_tokens": common.mean_sd([r["evals"][-1]["unique_tokens"] for r in runs])}
         if reached:
-            row["steps"] = _mean_sd([h["step"] for h in reached])
-            row["unique_tokens"] = _mean_sd([h["unique_tokens"] for h in reached])
+            row["steps"] = common.mean_sd([h["step"] for h in reached])
+            row["unique_tokens"] = common.mean_sd([h["unique_tokens"] for h in reached])
         rows[name] = row
     return {"target_val_loss": target, "baseline": BASELINE, "rows": rows}
 
 
 def table(summary: dict) -> str:
-    lines = [f"Target: the {summary['baseline']} baseline's final validation loss, {summary['target_val_loss']:.4f} "
-             f"(mean over its seeds). Mean ± standard deviation over the seeds that reached it.", "",
-             "| run | seeds reaching target | steps to target | unique tokens to target | final val loss | "
-             "unique tokens at the end |", "|---|---|---|---|---|---|"]
-    for name, row in summary["rows"].items():
-        steps = f"{row['steps'][0]:.0f} ± {row['steps'][1]:.0f}" if "steps" in row else "not reached"
-        tokens = f"{row['unique_tokens'][0]:,.0f} ± {row['unique_tokens'][1]:,.0f}" if "unique_tokens" in row \
-            else "not reached"
-        loss, final_tokens = row["final_val_loss"], row["final_unique_tokens"]
-        lines.append(f"| {name} | {row['reached']}/{row['seeds']} | {steps} | {tokens} | "
-                     f"{loss[0]:.4f} ± {loss[1]:.4f} | {final_tokens[0]:,.0f} ± {final_tokens[1]:,.0f} |")
-    return "\n".join(lines) + "\n"
+    def cell(pair, spec):  # a (mean, sd) pair of summarize, or a run that never reached the target
+        return "not reached" if pair is None else common.format_mean_sd(*pair, spec)
+
+    rows = [[name, f"{row['reached']}/{row['seeds']}", cell(row.get("steps"), ".0f"),
+             cell(row.get("unique_tokens"), ",.0f"), cell(row["final_val_loss"], ".4f"),
+             cell(row["final_unique_tokens"], ",.0f")] for name, row in summary["rows"].items()]
+    header = ["run", "seeds reaching target", "steps to target", "unique tokens to target", "final val loss",
+              "unique tokens at the end"]
+    return (f"Target: the {summary['baseline']} baseline's final validation loss, {summary['target_val_loss']:.4f} "
+            f"(mean over its seeds). Mean ± standard deviation over the seeds that reached it.\n\n"
+            + common.markdown_table(header, rows, align="llllll") + "\n")
 
 
 def plot(results: dict[str, list[dict]], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import numpy as np
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
-    for name, runs in results.items():
-        n = min(len(r["evals"]) for r in runs)
-        loss = np.array([[e["val_loss"] for e in r["evals"][:n]] for r in runs])
-        for ax, key in zip(axes, ("step", "unique_tokens")):
-            x = np.array([[e[key] for e in r["evals"][:n]] for r in runs]).mean(0)
-            (line,) = ax.plot(x, loss.mean(0), label=name)
-            ax.fill_between(x, loss.min(0), loss.max(0), color=line.get_color(), alpha=0.2)
-    for ax, xlabel in zip(axes, ("optimizer steps", "unique training tokens seen")):
-        ax.set_xlabel(xlabel)
-        ax.set_ylabel("validation loss")
-        ax.grid(alpha=0.3)
-    axes[0].legend()
-    fig.suptitle("curriculum experiment: mean over seeds, band = range over seeds")
-    fig.tight_layout()
-    save_figure(fig, path, dpi=110)
+    with common.figure(path, 1, 2, figsize=(13, 5), dpi=110) as (fig, axes):
+        for name, runs in results.items():
+            n = min(len(r["evals"]) for r in runs)
+            loss = np.array([[e["val_loss"] for e in r["evals"][:n]] for r in runs])
+            for ax, key in zip(axes, ("step", "unique_tokens")):
+                x = np.array([[e[key] for e in r["evals"][:n]] for r in runs]).mean(0)
+                (line,) = ax.plot(x, loss.mean(0), label=name)
+                ax.fill_between(x, loss.min(0), loss.max(0), color=line.get_color(), alpha=0.2)
+        for ax, xlabel in zip(axes, ("optimizer steps", "unique training tokens seen")):
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel("validation loss")
+            ax.grid(alpha=0.3)
+        axes[0].legend()
+        fig.suptitle("curriculum experiment: mean over seeds, band = range over seeds")
 
 
 def report(cfg: ExperimentConfig) -> dict | None:
@@ -199,7 +192,7 @@ def glue_config(name: str, seed: int, cfg: ExperimentConfig):
     run = Path(cfg.out_dir) / name / f"seed{seed}"
     return config_lib.parse_args(GlueConfig(), [cfg.glue_config, f"--task={cfg.glue_tasks}", f"--init_from={run}",
                                                 f"--name={name}", f"--out_dir={Path(cfg.out_dir) / 'glue' / name / f'seed{seed}'}",
-                                                *cfg.glue_flags])
+                                                *common.flag_list(cfg.glue_flags)])
 
 
 def glue(cfg: ExperimentConfig) -> None:
@@ -207,11 +200,10 @@ def glue(cfg: ExperimentConfig) -> None:
     from finetune_glue import sweep
     for seed in cfg.glue_seeds or cfg.seeds:
         for name in cfg.runs:
-            if not (Path(cfg.out_dir) / name / f"seed{seed}" / "result.json").is_file():
+            if common.run_state(Path(cfg.out_dir) / name / f"seed{seed}", result="result.json") != common.FINISHED:
                 print(f"glue: {name} seed {seed} is not trained yet: skipped", flush=True)
                 continue
-            print(f"=== glue {name} seed {seed}", flush=True)
-            sweep(glue_config(name, seed, cfg))
+            common.Runner(cfg.out_dir).call("glue", f"glue {name} seed {seed}", sweep, glue_config(name, seed, cfg))
 
 
 def glue_report(cfg: ExperimentConfig) -> str | None:

@@ -13,7 +13,8 @@ held-out leaner validation and test text of the book, conversation, textbook and
 mix of the issue's reference point). The choice is made on validation; test is shown, not used.
 
 Resumable: a finished run has OUT_DIR/NAME/bits_per_byte.json and is skipped; a killed one continues
-from its checkpoint. OUT_DIR/summary.md and sweep.png are rebuilt from every finished run.
+from its checkpoint. OUT_DIR/summary.md and sweep.png are rebuilt from every finished run; the wall
+time of every run is appended to OUT_DIR/times.jsonl.
 """
 
 from __future__ import annotations
@@ -28,10 +29,11 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python studies/NAME.py`: import from the repo root, not studies/
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from studies import common  # noqa: E402
 from tinyhelen import config as config_lib  # noqa: E402
 from tinyhelen.atomic import atomic_write_text  # noqa: E402
 from tinyhelen.checkpoint import CheckpointError  # noqa: E402
-from tinyhelen.metrics import read_metrics, save_figure  # noqa: E402
+from tinyhelen.metrics import read_metrics  # noqa: E402
 
 BASE = "configs/demo_llama.py"
 GENRES = "book,conversation,textbook,wiki"
@@ -52,7 +54,7 @@ CANDIDATES: dict[str, dict] = {
 @dataclass
 class DemoSweepConfig:
     out_dir: str = "out/demo_sweep"
-    only: str = ""          # comma list of candidate names; empty: all
+    only: tuple[str, ...] = ()  # candidate names, e.g. w128_l4,w192_l4; empty: all
     report_only: bool = False
     threads: int = 0        # CPU threads per run; 0 = torch's default
 
@@ -72,14 +74,15 @@ def candidate_config(name: str, threads: int, out_dir: Path):
 
 def run_one(name: str, cfg: DemoSweepConfig) -> None:
     import train
-    run_dir = Path(cfg.out_dir) / name
-    if (run_dir / "bits_per_byte.json").is_file():
+    # train.py writes bits_per_byte.json (the bpb_genres scores) after the run's last step
+    state = common.run_state(Path(cfg.out_dir) / name, result="bits_per_byte.json")
+    if state == common.FINISHED:
         print(f"{name}: done, skipped", flush=True)
         return
     run_cfg = candidate_config(name, cfg.threads, Path(cfg.out_dir))
-    run_cfg = dataclasses.replace(run_cfg, resume=(run_dir / "ckpt.pt").is_file())
-    print(f"{name}: {CANDIDATES[name]}" + (" (resuming)" if run_cfg.resume else ""), flush=True)
-    train.pretrain(run_cfg)
+    run_cfg = dataclasses.replace(run_cfg, resume=state == common.STOPPED)
+    common.Runner(cfg.out_dir).call("train", f"{name}: {CANDIDATES[name]}" + (" (resuming)" if run_cfg.resume else ""),
+                                    train.pretrain, run_cfg)
 
 
 def collect(out_dir: Path) -> list[dict]:
@@ -103,35 +106,30 @@ def collect(out_dir: Path) -> list[dict]:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| candidate | non-embedding params | lr | batch | steps | tokens | training s | "
-             "val bpb | test bpb |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     best = min(rows, key=lambda r: r["val_bpb"])["name"]
-    for r in sorted(rows, key=lambda r: r["val_bpb"]):
-        mark = " (chosen)" if r["name"] == best else ""
-        lines.append(f"| {r['name']}{mark} | {r['params']:,} | {r['lr']:g} | {r['batch']} | {r['steps']} | "
-                     f"{r['tokens']:,} | {r['train_s']:.0f} | {r['val_bpb']:.4f} | {r['test_bpb']:.4f} |")
-    return "\n".join(lines)
+    header = ["candidate", "non-embedding params", "lr", "batch", "steps", "tokens", "training s", "val bpb",
+              "test bpb"]
+    return common.markdown_table(header, [
+        [r["name"] + (" (chosen)" if r["name"] == best else ""), f"{r['params']:,}", f"{r['lr']:g}", r["batch"],
+         r["steps"], f"{r['tokens']:,}", f"{r['train_s']:.0f}", f"{r['val_bpb']:.4f}", f"{r['test_bpb']:.4f}"]
+        for r in sorted(rows, key=lambda r: r["val_bpb"])])
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.5, 4))
-    for r in rows:
-        ax.scatter(r["train_s"] / 60, r["val_bpb"], s=20 + r["params"] / 1e5)
-        ax.annotate(r["name"], (r["train_s"] / 60, r["val_bpb"]), textcoords="offset points", xytext=(5, 4),
-                    fontsize=8)
-    ax.axvline(10, color="grey", linestyle=":", linewidth=1)
-    ax.set_xlabel("training minutes (optimizer steps only)")
-    ax.set_ylabel("validation bits per byte")
-    ax.set_title("demo candidates: held-out book, conversation, textbook, wiki\n(marker size: parameters)",
-                 fontsize=10)
-    save_figure(fig, path)
+    with common.figure(path, figsize=(6.5, 4)) as (fig, ax):
+        for r in rows:
+            ax.scatter(r["train_s"] / 60, r["val_bpb"], s=20 + r["params"] / 1e5)
+            ax.annotate(r["name"], (r["train_s"] / 60, r["val_bpb"]), textcoords="offset points", xytext=(5, 4),
+                        fontsize=8)
+        ax.axvline(10, color="grey", linestyle=":", linewidth=1)
+        ax.set_xlabel("training minutes (optimizer steps only)")
+        ax.set_ylabel("validation bits per byte")
+        ax.set_title("demo candidates: held-out book, conversation, textbook, wiki\n(marker size: parameters)",
+                     fontsize=10)
 
 
 def demo_sweep(cfg: DemoSweepConfig) -> list[dict]:
-    names = [n.strip() for n in cfg.only.split(",") if n.strip()] or list(CANDIDATES)
+    names = list(cfg.only) or list(CANDIDATES)
     unknown = [n for n in names if n not in CANDIDATES]
     if unknown:
         raise config_lib.ConfigError(f"--only: unknown candidate(s) {', '.join(unknown)}; "

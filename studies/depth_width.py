@@ -17,7 +17,8 @@ optimiser and schedule; max_steps set so every run sees the same number of token
 
 Resumable: each run writes OUT_DIR/NAME/result.json when it is done and is skipped after that; a
 run killed midway continues from its checkpoint (train.py --resume). The table (summary.md, also
-printed) and the plot (sweep.png) are rebuilt from every result.json each time.
+printed) and the plot (sweep.png) are rebuilt from every result.json each time. The wall time of every
+run is appended to OUT_DIR/times.jsonl.
 
 The speeds a run records are those of its own training, which on a shared machine depend on what
 else ran beside it. `--measure_speed` times every finished shape again, one at a time, with
@@ -31,48 +32,38 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import shlex
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-import sys
 if __package__ in (None, ""):  # run as `python studies/NAME.py`: import from the repo root, not studies/
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from studies import common
 from tinyhelen import config as config_lib
 from tinyhelen.atomic import atomic_write_json, atomic_write_text
 from tinyhelen.checkpoint import CheckpointError
 from tinyhelen.config import setting
-from tinyhelen.metrics import read_metrics, save_figure
+from tinyhelen.metrics import read_metrics
 from model_llama import Llama, LlamaConfig
-
-
-def _number_list(kind):
-    def check(text: str) -> str | None:
-        try:
-            values = [kind(v) for v in text.split(",") if v.strip()]
-        except ValueError:
-            return f"must be a comma list of {kind.__name__} values"
-        return None if values and all(v > 0 for v in values) else "must list at least one positive value"
-    return check
 
 
 @dataclass
 class SweepConfig:
     base: str = "configs/demo_llama.py"   # the training config every run starts from
-    train_args: str = ""                  # extra train.py flags for every run, e.g. "--batch_size=8"
+    train_args: tuple[str, ...] = ()      # extra train.py flags for every run, e.g. --batch_size=8,--lr=1e-3
     out_dir: str = "out/sweep"
     budget: int = setting(0, min=0)       # non-embedding parameters; 0: the base config model's
-    depths: str = setting("2,4,8", check=_number_list(int))
-    ffn_ratios: str = setting("2.667", check=_number_list(float))  # FFN hidden / width
+    depths: tuple[int, ...] = setting((2, 4, 8), check=common.all_positive)
+    ffn_ratios: tuple[float, ...] = setting((2.667,), check=common.all_positive)  # FFN hidden / width
     head_dim: int = setting(32, min=2)    # widths are multiples of it (even: rotary pairs)
     kv_ratio: int = setting(1, min=1)     # query heads per key/value head
     tokens: int = setting(1_000_000, min=1)  # training tokens per run
-    seeds: str = ""                       # extra seeds for the best shapes, e.g. 2,3
+    seeds: tuple[int, ...] = ()           # extra seeds for the best shapes, e.g. 2,3
     top: int = setting(3, min=1)          # how many of the best shapes get the extra seeds
     gen_tokens: int = setting(64, min=1)  # decoding-speed measurement
     report_only: bool = False             # rebuild the table and plot from the results, train nothing
@@ -82,8 +73,6 @@ class SweepConfig:
     def __post_init__(self):
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even (rotary pairs), got {self.head_dim}")
-        if self.seeds and _number_list(int)(self.seeds):
-            raise ValueError(f"seeds must be a comma list of integers, got {self.seeds!r}")
 
 
 # ----------------------------------------------------------------------------- the shapes
@@ -129,7 +118,7 @@ def shapes(cfg: SweepConfig, base: LlamaConfig) -> list[tuple[float, LlamaConfig
     it once."""
     budget = cfg.budget or non_embedding(base)
     grid = [(float(r), shape_for(budget, int(d), float(r), cfg.head_dim, cfg.kv_ratio, base))
-            for d in cfg.depths.split(",") if d.strip() for r in cfg.ffn_ratios.split(",") if r.strip()]
+            for d in cfg.depths for r in cfg.ffn_ratios]
     return list({run_name(m, 0): (r, m) for r, m in grid}.values())
 
 
@@ -159,7 +148,8 @@ def train_one(cfg: SweepConfig, train_cfg, model_cfg: LlamaConfig, seed: int, bu
     from data.tokens import read_meta, tokens_per_byte
     run_dir = Path(cfg.out_dir) / run_name(model_cfg, seed)
     result_path = run_dir / "result.json"
-    if result_path.is_file():
+    state = common.run_state(run_dir, result="result.json")
+    if state == common.FINISHED:
         print(f"{run_dir.name}: done, skipped")
         return json.loads(result_path.read_text())
     tokens_per_step = train_cfg.batch_size * train_cfg.seq_len * train_cfg.grad_accum
@@ -168,10 +158,10 @@ def train_one(cfg: SweepConfig, train_cfg, model_cfg: LlamaConfig, seed: int, bu
                                   max_steps=steps,
                                   warmup_steps=min(train_cfg.warmup_steps, steps // 10),
                                   ckpt_every=min(train_cfg.ckpt_every, steps), sample_tokens=0,
-                                  resume=(run_dir / "ckpt.pt").is_file(), init_from="")
-    print(f"{run_dir.name}: {non_embedding(model_cfg):,} non-embedding parameters, {steps} steps"
-          + (" (resuming)" if run_cfg.resume else ""), flush=True)
-    trainer = train.pretrain(run_cfg)
+                                  resume=state == common.STOPPED, init_from="")
+    label = (f"{run_dir.name}: {non_embedding(model_cfg):,} non-embedding parameters, {steps} steps"
+             + (" (resuming)" if run_cfg.resume else ""))
+    trainer = common.Runner(cfg.out_dir).call("train", label, train.pretrain, run_cfg)
     rows = read_metrics(run_dir / "metrics.jsonl")
     speeds = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r]
     val_loss = [r["val_loss"] for r in rows if "val_loss" in r][-1]
@@ -231,11 +221,10 @@ def by_shape(results: list[dict], speeds: dict[str, dict] | None = None) -> list
         groups.setdefault(r["name"].rsplit("_seed", 1)[0], []).append(r)
     rows = []
     for shape, rs in groups.items():
-        bpb = [r["bits_per_byte"] for r in rs]
+        bpb, bpb_sd = common.mean_sd([r["bits_per_byte"] for r in rs])
         rows.append({**{k: rs[0][k] for k in ("n_layer", "n_embd", "n_head", "ffn_hidden", "ffn_ratio",
                                                "ffn_ratio_asked", "non_embedding_params")},
-                     "shape": shape, "seeds": len(rs), "bits_per_byte": statistics.mean(bpb),
-                     "bpb_std": statistics.stdev(bpb) if len(bpb) > 1 else 0.0,
+                     "shape": shape, "seeds": len(rs), "bits_per_byte": bpb, "bpb_std": bpb_sd,
                      "train_tokens_per_s": statistics.mean(r["train_tokens_per_s"] for r in rs),
                      "gen_tokens_per_s": statistics.mean(r["gen_tokens_per_s"] for r in rs),
                      "speed": "runs"})
@@ -248,39 +237,31 @@ def by_shape(results: list[dict], speeds: dict[str, dict] | None = None) -> list
 def table(rows: list[dict]) -> str:
     alone = any(r["speed"] == "alone" for r in rows)
     when = " (alone)" if alone else ""
-    lines = ["| shape | layers | width | heads | FFN (ratio) | non-emb params | seeds | val bits/byte | "
-             f"train tok/s{when} | gen tok/s{when} |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        spread = f" ± {r['bpb_std']:.4f}" if r["seeds"] > 1 else ""
-        lines.append(f"| {r['shape']} | {r['n_layer']} | {r['n_embd']} | {r['n_head']} | {r['ffn_hidden']} "
-                     f"({r['ffn_ratio']:.2f}) | {r['non_embedding_params']:,} | {r['seeds']} | "
-                     f"{r['bits_per_byte']:.4f}{spread} | {r['train_tokens_per_s']:,.0f}"
-                     f"{'' if r['speed'] == 'alone' or not alone else ' (run)'} | "
-                     f"{r['gen_tokens_per_s']:,.0f} |")
-    return "\n".join(lines)
+    header = ["shape", "layers", "width", "heads", "FFN (ratio)", "non-emb params", "seeds", "val bits/byte",
+              f"train tok/s{when}", f"gen tok/s{when}"]
+    return common.markdown_table(header, [
+        [r["shape"], r["n_layer"], r["n_embd"], r["n_head"], f"{r['ffn_hidden']} ({r['ffn_ratio']:.2f})",
+         f"{r['non_embedding_params']:,}", r["seeds"], common.format_mean_sd(r["bits_per_byte"], r["bpb_std"]),
+         f"{r['train_tokens_per_s']:,.0f}" + ("" if r["speed"] == "alone" or not alone else " (run)"),
+         f"{r['gen_tokens_per_s']:,.0f}"] for r in rows])
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    for ratio in sorted({r["ffn_ratio_asked"] for r in rows}):
-        rs = sorted((r for r in rows if r["ffn_ratio_asked"] == ratio), key=lambda r: r["n_layer"])
-        depth = [r["n_layer"] for r in rs]
-        axes[0].errorbar(depth, [r["bits_per_byte"] for r in rs], yerr=[r["bpb_std"] for r in rs], marker="o",
-                         label=f"FFN ratio ~{ratio:g}")
-        axes[1].plot(depth, [r["train_tokens_per_s"] for r in rs], marker="o")
-        axes[2].plot(depth, [r["gen_tokens_per_s"] for r in rs], marker="o")
-    when = " (timed alone)" if any(r["speed"] == "alone" for r in rows) else ""
-    for ax, label in zip(axes, ("validation bits per byte", f"training tokens/s{when}",
-                                f"generation tokens/s{when}")):
-        ax.set_xlabel("layers (width shrinks to keep the budget)")
-        ax.set_ylabel(label)
-        ax.set_xscale("log", base=2)
-    axes[0].legend()
-    fig.tight_layout()
-    save_figure(fig, path, dpi=100)
+    with common.figure(path, 1, 3, figsize=(13, 4), dpi=100) as (fig, axes):
+        for ratio in sorted({r["ffn_ratio_asked"] for r in rows}):
+            rs = sorted((r for r in rows if r["ffn_ratio_asked"] == ratio), key=lambda r: r["n_layer"])
+            depth = [r["n_layer"] for r in rs]
+            axes[0].errorbar(depth, [r["bits_per_byte"] for r in rs], yerr=[r["bpb_std"] or 0.0 for r in rs],
+                             marker="o", label=f"FFN ratio ~{ratio:g}")
+            axes[1].plot(depth, [r["train_tokens_per_s"] for r in rs], marker="o")
+            axes[2].plot(depth, [r["gen_tokens_per_s"] for r in rs], marker="o")
+        when = " (timed alone)" if any(r["speed"] == "alone" for r in rows) else ""
+        for ax, label in zip(axes, ("validation bits per byte", f"training tokens/s{when}",
+                                    f"generation tokens/s{when}")):
+            ax.set_xlabel("layers (width shrinks to keep the budget)")
+            ax.set_ylabel(label)
+            ax.set_xscale("log", base=2)
+        axes[0].legend()
 
 
 # ----------------------------------------------------------------------------- the command
@@ -291,7 +272,7 @@ def sweep(cfg: SweepConfig) -> list[dict]:
     if not cfg.report_only:
         if not Path(cfg.base).is_file():
             raise config_lib.ConfigError(f"--base={cfg.base}: no such training config file")
-        train_cfg = config_lib.parse_args(trainer.TrainConfig(), [cfg.base, *shlex.split(cfg.train_args)])
+        train_cfg = config_lib.parse_args(trainer.TrainConfig(), [cfg.base, *common.flag_list(cfg.train_args)])
         if type(train_cfg.model).__name__ != "LlamaConfig":
             raise config_lib.ConfigError(f"--base={cfg.base}: the sweep shapes Llamas; its model is a "
                                          f"{type(train_cfg.model).__name__}")
@@ -304,7 +285,7 @@ def sweep(cfg: SweepConfig) -> list[dict]:
             ranked = by_shape([r for r in collect(out_dir) if r["name"] in names])
             best = [names[f"{row['shape']}_seed{train_cfg.seed}"] for row in ranked[:cfg.top]]
             for ratio, m in best:
-                for seed in (int(s) for s in cfg.seeds.split(",") if s.strip()):
+                for seed in cfg.seeds:
                     train_one(cfg, train_cfg, m, seed, budget, ratio)
     if cfg.measure_speed:
         if cfg.report_only:
@@ -313,8 +294,10 @@ def sweep(cfg: SweepConfig) -> list[dict]:
         for shape, r in shapes_done.items():
             m = dataclasses.replace(train_cfg.model, n_layer=r["n_layer"], n_embd=r["n_embd"], n_head=r["n_head"],
                                     n_kv_head=r["n_kv_head"], ffn_hidden=r["ffn_hidden"])
-            print(f"{shape}: timing {cfg.speed_steps} steps and {cfg.gen_tokens} generated tokens", flush=True)
-            atomic_write_json(out_dir / "speed" / f"{shape}.json", measure_speed(cfg, train_cfg, m))
+            speed = common.Runner(out_dir).call(
+                "measure_speed", f"{shape}: timing {cfg.speed_steps} steps and {cfg.gen_tokens} generated tokens",
+                measure_speed, cfg, train_cfg, m)
+            atomic_write_json(out_dir / "speed" / f"{shape}.json", speed)
     rows = by_shape(collect(out_dir), read_speeds(out_dir))
     if not rows:
         raise config_lib.ConfigError(f"no finished runs in {out_dir} to report")

@@ -26,23 +26,22 @@ Fine-tuning: configs/glue_cpu.py on cola, mrpc, rte, stsb and wnli (the tasks wi
 
 from __future__ import annotations
 
-import json
-import subprocess
+import math
 import sys
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):  # run as `python studies/NAME.py`: import from the repo root, not studies/
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from studies import common
 from tinyhelen import config as config_lib
-from tinyhelen.atomic import append_line, atomic_write_text
+from tinyhelen.atomic import atomic_write_text
 from tinyhelen.config import setting
 
 ARCHS = ("llama", "mamba")
 CORPORA = ("leaner", "ori")
-# The paper's claims, as gaps A - B that tinyhelen/glue_report.py tabulates with their spread (summary_gaps.md).
+# The paper's claims, as gaps A - B that the report step tabulates with their spread (summary_gaps.md).
 CLAIMS = [("leaner_llama", "leaner_mamba"), ("ori_llama", "ori_mamba"),            # Llama above Mamba
           ("leaner_llama", "ori_llama"), ("leaner_mamba", "ori_mamba"),            # leaner above original
           ("ori_llama", "scratch_llama"), ("ori_mamba", "scratch_mamba"),          # original above scratch
@@ -66,65 +65,44 @@ class StudyConfig:
     genres: str = "book,wiki,textbook,conversation"
     tasks: str = "cola,mrpc,rte,stsb,wnli"
     glue_config: str = "configs/glue_cpu.py"
-    models: tuple[str, ...] = field(default_factory=tuple)  # finetune only these, in this order (default all 6)
-    pretrain_flags: tuple[str, ...] = field(default_factory=tuple)  # added to train.py, e.g. --dtype=fp32
-    finetune_flags: tuple[str, ...] = field(default_factory=tuple)  # added to finetune_glue.py, e.g. --lrs=1e-3
+    models: tuple[str, ...] = ()  # finetune only these, in this order (default all 6)
+    pretrain_flags: tuple[str, ...] = ()  # added to train.py, e.g. --dtype=fp32
+    finetune_flags: tuple[str, ...] = ()  # added to finetune_glue.py, e.g. --lrs=1e-3
     tiny: bool = False       # tiny models, steps and data: for checking that every command works
     dry_run: bool = False    # print the commands without running them
 
 
-def run(cfg: StudyConfig, step: str, args: list[str]) -> None:
-    command = [sys.executable, *args]
-    print("$ " + " ".join(["python", *args]), flush=True)
-    if cfg.dry_run:
-        return
-    began = time.perf_counter()
-    result = subprocess.run(command)
-    seconds = round(time.perf_counter() - began, 1)
-    append_line(Path(cfg.out_dir) / "times.jsonl", json.dumps(
-        {"step": step, "command": " ".join(args), "seconds": seconds, "rc": result.returncode}))
-    if result.returncode != 0:
-        print(f"error: that command failed (exit {result.returncode}); fix what it says and run this step "
-              f"again: what is done is kept", file=sys.stderr)
-        raise SystemExit(result.returncode)
+def runner(cfg: StudyConfig) -> common.Runner:
+    return common.Runner(cfg.out_dir, cfg.dry_run)
 
 
 def prepare(cfg: StudyConfig) -> None:
     data = Path(cfg.out_dir) / "data"
     genres = "wiki,conversation" if cfg.tiny else cfg.genres
-    common = [f"--data_root={cfg.data_root}", f"--genres={genres}"]
+    shared = [f"--data_root={cfg.data_root}", f"--genres={genres}"]
     for corpus in CORPORA:
         if (data / corpus / "meta.json").is_file():
             print(f"{data / corpus}: prepared earlier", flush=True)
             continue
         tokenizer = "train" if corpus == "leaner" else str(data / "leaner" / "tokenizer.json")
-        run(cfg, "prepare", ["data/prepare.py", f"--corpus={corpus}", *common, f"--tokenizer={tokenizer}",
-                             f"--out_dir={data / corpus}"])
-
-
-def finished(run_dir: Path) -> bool | None:
-    """True when the run's checkpoint is at its last step, False when it stopped before, None when absent."""
-    ckpt = run_dir / "ckpt.pt"
-    if not ckpt.is_file():
-        return None
-    import torch
-    state = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)
-    return state["step"] >= state["config"]["max_steps"]
+        runner(cfg).command("prepare", ["data/prepare.py", f"--corpus={corpus}", *shared,
+                                        f"--tokenizer={tokenizer}", f"--out_dir={data / corpus}"])
 
 
 def pretrain(cfg: StudyConfig) -> None:
     for arch in ARCHS:
         for corpus in CORPORA:
             out = Path(cfg.out_dir) / f"{corpus}_{arch}"
-            done = finished(out)
-            if done:
+            state = common.run_state(out)
+            if state == common.FINISHED:
                 print(f"{out}: trained earlier", flush=True)
                 continue
             tiny = [*TINY_MODEL[arch], *TINY_PRETRAIN] if cfg.tiny else []
             data = Path(cfg.out_dir) / "data" / corpus
-            resume = ["--resume"] if done is False else []
-            run(cfg, "pretrain", ["train.py", f"configs/study_{arch}.py", f"--data_dir={data}",
-                                  f"--out_dir={out}", *tiny, *resume, *cfg.pretrain_flags])
+            resume = ["--resume"] if state == common.STOPPED else []
+            runner(cfg).command("pretrain", ["train.py", f"configs/study_{arch}.py", f"--data_dir={data}",
+                                             f"--out_dir={out}", *tiny, *resume,
+                                             *common.flag_list(cfg.pretrain_flags)])
 
 
 def sweeps(cfg: StudyConfig) -> list[tuple[str, str]]:
@@ -142,67 +120,80 @@ def finetune(cfg: StudyConfig) -> None:
         raise SystemExit(f"error: --models: unknown {', '.join(unknown)}; valid: {', '.join(models)}")
     for name in cfg.models or list(models):
         init_from = models[name]
-        # A stopped pre-training run still has a checkpoint; fine-tuning it would score the wrong model.
-        if not cfg.dry_run and not init_from.startswith("scratch:") and not finished(Path(init_from)):
-            raise SystemExit(f"error: {init_from} has not finished pre-training (no checkpoint, or one before "
-                             f"its last step); run python studies/glue.py --step=pretrain first (it resumes), "
-                             f"then this step again")
-        run(cfg, "finetune", ["finetune_glue.py", cfg.glue_config, f"--task={cfg.tasks}",
-                              f"--init_from={init_from}", f"--name={name}",
-                              f"--out_dir={Path(cfg.out_dir) / 'glue' / name}",
-                              *(TINY_FINETUNE if cfg.tiny else []), *cfg.finetune_flags])
+        if not init_from.startswith("scratch:"):
+            common.require_finished(Path(init_from), "python studies/glue.py --step=pretrain", cfg.dry_run)
+        runner(cfg).command("finetune", ["finetune_glue.py", cfg.glue_config, f"--task={cfg.tasks}",
+                                         f"--init_from={init_from}", f"--name={name}",
+                                         f"--out_dir={Path(cfg.out_dir) / 'glue' / name}",
+                                         *(TINY_FINETUNE if cfg.tiny else []),
+                                         *common.flag_list(cfg.finetune_flags)])
 
 
 def pretrain_report(cfg: StudyConfig) -> None:
     """OUT_DIR/pretrain.md and .png: the four pre-training runs' validation loss in nats per token and
     in bits per byte (comparable across the two corpora, whose bytes per token differ), against step."""
-    import math
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from data.tokens import read_meta, tokens_per_byte
-    from tinyhelen.metrics import read_metrics, save_figure
+    from tinyhelen.metrics import read_metrics
     out = Path(cfg.out_dir)
-    lines = ["| run | steps | training tokens | final val loss (nats/token) | final val bits/byte | "
-             "mean tokens/s |", "|---|---:|---:|---:|---:|---:|"]
-    fig, ax = plt.subplots(figsize=(6.4, 4.0), dpi=110)
+    rows, curves = [], []
     for arch in ARCHS:
         for corpus in CORPORA:
             name = f"{corpus}_{arch}"
-            if not finished(out / name):
+            if common.run_state(out / name) != common.FINISHED:
                 continue
-            rows = read_metrics(out / name / "metrics.jsonl")
+            metrics = read_metrics(out / name / "metrics.jsonl")
             bits = math.log2(math.e) * tokens_per_byte(read_meta(out / "data" / corpus), "validation")
-            evals = [(r["step"], r["val_loss"]) for r in rows if "val_loss" in r]
-            speeds = [r["tokens_per_s"] for r in rows if "tokens_per_s" in r][1:]  # the first is warm-up
-            lines.append(f"| {name} | {rows[-1]['step']:,} | {rows[-1].get('tokens', 0):,} | {evals[-1][1]:.3f} | "
-                         f"{evals[-1][1] * bits:.3f} | {sum(speeds) / max(1, len(speeds)):,.0f} |")
-            ax.plot([s for s, _ in evals], [v * bits for _, v in evals], marker="o", label=name,
-                    linestyle="-" if corpus == "leaner" else "--")
-    if len(lines) == 2:
+            evals = [(r["step"], r["val_loss"]) for r in metrics if "val_loss" in r]
+            speeds = [r["tokens_per_s"] for r in metrics if "tokens_per_s" in r][1:]  # the first is warm-up
+            rows.append([name, f"{metrics[-1]['step']:,}", f"{metrics[-1].get('tokens', 0):,}",
+                         f"{evals[-1][1]:.3f}", f"{evals[-1][1] * bits:.3f}",
+                         f"{sum(speeds) / max(1, len(speeds)):,.0f}"])
+            curves.append((name, corpus, [s for s, _ in evals], [v * bits for _, v in evals]))
+    if not rows:
         return
-    ax.set_xlabel("step")
-    ax.set_ylabel("validation bits per byte")
-    ax.set_title("Pre-training of the Leaner-Glue study (own corpus's validation split)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    save_figure(fig, out / "pretrain.png")
-    lines += ["", "Validation loss of each run on its own corpus's validation split (leaner or original), "
-              "so the nats per token compare only within a corpus; bits per byte compare across them."]
-    atomic_write_text(out / "pretrain.md", "\n".join(lines) + "\n")
-    print("\n".join(lines) + f"\nwrote {out / 'pretrain.md'} and {out / 'pretrain.png'}", flush=True)
+    with common.figure(out / "pretrain.png", figsize=(6.4, 4.0), dpi=110) as (fig, ax):
+        for name, corpus, steps, bpb in curves:
+            ax.plot(steps, bpb, marker="o", label=name, linestyle="-" if corpus == "leaner" else "--")
+        ax.set_xlabel("step")
+        ax.set_ylabel("validation bits per byte")
+        ax.set_title("Pre-training of the Leaner-Glue study (own corpus's validation split)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    text = common.markdown_table(["run", "steps", "training tokens", "final val loss (nats/token)",
+                                  "final val bits/byte", "mean tokens/s"], rows)
+    text += ("\n\nValidation loss of each run on its own corpus's validation split (leaner or original), "
+             "so the nats per token compare only within a corpus; bits per byte compare across them.")
+    atomic_write_text(out / "pretrain.md", text + "\n")
+    print(text + f"\nwrote {out / 'pretrain.md'} and {out / 'pretrain.png'}", flush=True)
+
+
+def glue_summary(cfg: StudyConfig) -> None:
+    """OUT_DIR/glue/summary.md and .png (the fine-tuning table and chart over every sweep) and
+    summary_gaps.md (each of the paper's CLAIMS as a gap with its spread)."""
+    from tinyhelen.glue_report import gaps, read_results, write_summary
+    glue = Path(cfg.out_dir) / "glue"
+    results = [r for _, name in sweeps(cfg) for r in read_results(glue / name)]
+    if not results:
+        raise FileNotFoundError(f"no finished fine-tuning runs (TASK/RUN/result.json) under {glue}: "
+                                f"run python studies/glue.py --step=finetune first")
+    try:
+        gap_table = gaps(results, CLAIMS)
+    except ValueError as e:  # a model of a claim has no results
+        raise config_lib.ConfigError(str(e)) from None
+    print(write_summary(results, glue / "summary"))
+    atomic_write_text(glue / "summary_gaps.md", gap_table)
+    print(gap_table)
+    print(f"wrote {glue / 'summary.md'}, {glue / 'summary.png'} and {glue / 'summary_gaps.md'}", flush=True)
 
 
 def report(cfg: StudyConfig) -> None:
     if not cfg.dry_run:
         pretrain_report(cfg)
-    glue = Path(cfg.out_dir) / "glue"
-    folders = ",".join(str(glue / name) for _, name in sweeps(cfg))
-    run(cfg, "report", ["-m", "tinyhelen.glue_report", f"--sweeps={folders}", f"--out={glue / 'summary'}",
-                        f"--compare={','.join(':'.join(pair) for pair in CLAIMS)}"])
+    runner(cfg).call(
+        "report", f"the Leaner-Glue table, chart and claims in {Path(cfg.out_dir) / 'glue'}", glue_summary, cfg)
 
 
+@config_lib.exits_2_on(FileNotFoundError)
 def main(cfg: StudyConfig) -> None:
     steps = {"prepare": prepare, "pretrain": pretrain, "finetune": finetune, "report": report}
     for name, step in steps.items():

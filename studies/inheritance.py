@@ -15,14 +15,14 @@ and for the inherited arms the validation loss of the cut before any training (t
 windows, in fp32): how much of the source each criterion keeps.
 
 Resumable: a finished run (result.json) is skipped, a stopped one continues from its checkpoint;
-summary.md, summary.json and curves.png are rebuilt from every result each time.
+summary.md, summary.json and curves.png are rebuilt from every result each time. The wall time of
+every cut and run is appended to OUT_DIR/times.jsonl.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import shlex
 import statistics
 import sys
 from dataclasses import dataclass
@@ -31,26 +31,20 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python studies/NAME.py`: import from the repo root, not studies/
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from studies import common
 from tinyhelen import config as config_lib
 from tinyhelen.atomic import atomic_write_json, atomic_write_text
 from tinyhelen.checkpoint import CheckpointError, load_checkpoint, model_config_from_dict
 from tinyhelen.config import setting
-from tinyhelen.metrics import read_metrics, save_figure
+from tinyhelen.metrics import read_metrics
 
 CRITERIA = ("random", "l2", "taylor")
 
 
-def _criteria(text: str) -> str | None:
-    names = [c.strip() for c in text.split(",") if c.strip()]
+def _criteria(names: tuple[str, ...]) -> str | None:
     if names and all(c in CRITERIA for c in names):
         return None
     return f"must be a comma list of {', '.join(CRITERIA)}"
-
-
-def _seeds(text: str) -> str | None:
-    if all(s.strip().lstrip("-").isdigit() for s in text.split(",")):
-        return None
-    return "must be a comma list of integers"
 
 
 @dataclass
@@ -58,39 +52,41 @@ class StudyConfig:
     source: str = ""                 # --from: the trained larger run
     to: str = ""                     # the target shape: a config file whose model is a LlamaConfig
     base: str = "configs/demo_llama.py"  # the training config of every run (data, optimiser, schedule)
-    train_args: str = ""             # extra train.py flags for every run, e.g. "--max_steps=300"
+    train_args: tuple[str, ...] = ()  # extra train.py flags for every run, e.g. --max_steps=300
     out_dir: str = "out/inherit_study"
-    criteria: str = setting("random,l2,taylor", check=_criteria)
+    criteria: tuple[str, ...] = setting(CRITERIA, check=_criteria)
     layers: str = setting("ends", choices=("ends", "importance"))
-    seeds: str = setting("1,2,3", check=_seeds)
+    seeds: tuple[int, ...] = setting((1, 2, 3), check=common.at_least_one)
     target_loss: float = setting(0.0, min=0)  # 0: the scratch runs' mean final validation loss
     report_only: bool = False
 
 
 def arms(cfg: StudyConfig) -> list[str]:
-    return ["scratch"] + [c.strip() for c in cfg.criteria.split(",") if c.strip()]
+    return ["scratch", *cfg.criteria]
 
 
 def run_one(cfg: StudyConfig, train_cfg, arm: str, seed: int) -> dict:
     import inherit
     import train
     folder = Path(cfg.out_dir) / f"{arm}_seed{seed}"
-    if (folder / "result.json").is_file():
+    run_dir = folder / "run"
+    state = common.run_state(run_dir, result=folder / "result.json")
+    if state == common.FINISHED:
         print(f"{folder.name}: done, skipped")
         return json.loads((folder / "result.json").read_text())
+    runner = common.Runner(cfg.out_dir)
     init_from = ""
     if arm != "scratch":
         init = folder / "init"
-        if not (init / "ckpt.pt").is_file():
-            inherit.inherit(inherit.InheritConfig(source=cfg.source, to=cfg.to, out_dir=str(init),
-                                                  layers=cfg.layers, criterion=arm, seed=seed,
-                                                  data_dir=train_cfg.data_dir))
+        if not (init / "ckpt.pt").is_file():  # inherit.py writes its checkpoint atomically, last
+            runner.call("inherit", f"{folder.name}: the {arm} cut of {cfg.source}", inherit.inherit,
+                        inherit.InheritConfig(source=cfg.source, to=cfg.to, out_dir=str(init), layers=cfg.layers,
+                                              criterion=arm, seed=seed, data_dir=train_cfg.data_dir))
         init_from = str(init)
-    run_dir = folder / "run"
     run_cfg = dataclasses.replace(train_cfg, out_dir=str(run_dir), seed=seed, init_from=init_from,
-                                  sample_tokens=0, resume=(run_dir / "ckpt.pt").is_file())
-    print(f"{folder.name}: training{' (resuming)' if run_cfg.resume else ''}", flush=True)
-    train.pretrain(run_cfg)
+                                  sample_tokens=0, resume=state == common.STOPPED)
+    runner.call("train", f"{folder.name}: training{' (resuming)' if run_cfg.resume else ''}",
+                train.pretrain, run_cfg)
     curve = [(r["step"], r["val_loss"]) for r in read_metrics(run_dir / "metrics.jsonl") if "val_loss" in r]
     result = {"arm": arm, "seed": seed, "curve": curve, "final_val_loss": curve[-1][1],
               "steps": run_cfg.max_steps}
@@ -137,51 +133,40 @@ def summarise(results: list[dict], target_loss: float) -> tuple[list[dict], floa
     order = ("scratch",) + CRITERIA
     for arm in sorted({r["arm"] for r in results}, key=order.index):
         rs = [r for r in results if r["arm"] == arm]
-        finals = [r["final_val_loss"] for r in rs]
-        reached = [steps_to(r["curve"], target) for r in rs]
-        hit = [s for s in reached if s is not None]
+        final, final_sd = common.mean_sd([r["final_val_loss"] for r in rs])
         initial = [r["initial_val_loss"] for r in rs if r.get("initial_val_loss") is not None]
-        rows.append({"arm": arm, "seeds": len(rs), "final_val_loss": statistics.mean(finals),
-                     "final_std": statistics.stdev(finals) if len(finals) > 1 else 0.0,
-                     "initial_val_loss": statistics.mean(initial) if initial else None,
-                     "initial_std": statistics.stdev(initial) if len(initial) > 1 else 0.0,
+        initial, initial_sd = common.mean_sd(initial) if initial else (None, None)
+        hit = [s for s in (steps_to(r["curve"], target) for r in rs) if s is not None]
+        rows.append({"arm": arm, "seeds": len(rs), "final_val_loss": final, "final_std": final_sd,
+                     "initial_val_loss": initial, "initial_std": initial_sd,
                      "steps_to_target": statistics.mean(hit) if hit else None,
                      "reached": f"{len(hit)}/{len(rs)}"})
     return rows, target
 
 
 def table(rows: list[dict], target: float) -> str:
-    lines = [f"target validation loss {target:.4f}", "",
-             "| start | seeds | val loss before training | final val loss | steps to target (mean over runs "
-             "reaching it) | reached |",
-             "|---|---:|---:|---:|---:|---:|"]
-    for r in rows:
-        steps = f"{r['steps_to_target']:.0f}" if r["steps_to_target"] is not None else "-"
-        initial = "-" if r.get("initial_val_loss") is None else \
-            f"{r['initial_val_loss']:.4f} ± {r['initial_std']:.4f}"
-        lines.append(f"| {r['arm']} | {r['seeds']} | {initial} | {r['final_val_loss']:.4f} ± {r['final_std']:.4f} | "
-                     f"{steps} | {r['reached']} |")
-    return "\n".join(lines)
+    header = ["start", "seeds", "val loss before training", "final val loss",
+              "steps to target (mean over runs reaching it)", "reached"]
+    return f"target validation loss {target:.4f}\n\n" + common.markdown_table(header, [
+        [r["arm"], r["seeds"],
+         "-" if r["initial_val_loss"] is None else common.format_mean_sd(r["initial_val_loss"], r["initial_std"]),
+         common.format_mean_sd(r["final_val_loss"], r["final_std"]),
+         "-" if r["steps_to_target"] is None else f"{r['steps_to_target']:.0f}", r["reached"]] for r in rows])
 
 
 def plot(results: list[dict], target: float, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    colours = {}
-    for r in results:  # one colour per arm, one line per seed, the arm named once in the legend
-        start = [] if r.get("initial_val_loss") is None else [(0, r["initial_val_loss"])]
-        steps, losses = zip(*start, *r["curve"])
-        label = None if r["arm"] in colours else r["arm"]
-        colour = colours.setdefault(r["arm"], f"C{len(colours)}")
-        ax.plot(steps, losses, color=colour, alpha=0.8, label=label)
-    ax.axhline(target, color="grey", linestyle="--", linewidth=1)
-    ax.set_xlabel("step")
-    ax.set_ylabel("validation loss")
-    ax.legend()
-    fig.tight_layout()
-    save_figure(fig, path, dpi=100)
+    with common.figure(path, figsize=(7, 4.5), dpi=100) as (fig, ax):
+        colours = {}
+        for r in results:  # one colour per arm, one line per seed, the arm named once in the legend
+            start = [] if r.get("initial_val_loss") is None else [(0, r["initial_val_loss"])]
+            steps, losses = zip(*start, *r["curve"])
+            label = None if r["arm"] in colours else r["arm"]
+            colour = colours.setdefault(r["arm"], f"C{len(colours)}")
+            ax.plot(steps, losses, color=colour, alpha=0.8, label=label)
+        ax.axhline(target, color="grey", linestyle="--", linewidth=1)
+        ax.set_xlabel("step")
+        ax.set_ylabel("validation loss")
+        ax.legend()
 
 
 def study(cfg: StudyConfig) -> list[dict]:
@@ -196,9 +181,9 @@ def study(cfg: StudyConfig) -> list[dict]:
         source = load_checkpoint(cfg.source)
         src_model = model_config_from_dict(source["config"]["model"])
         target = inherit.check_target(src_model, inherit.read_target(cfg.to), src_model.vocab_size)
-        train_cfg = config_lib.parse_args(trainer.TrainConfig(), [cfg.base, *shlex.split(cfg.train_args)])
+        train_cfg = config_lib.parse_args(trainer.TrainConfig(), [cfg.base, *common.flag_list(cfg.train_args)])
         train_cfg = dataclasses.replace(train_cfg, model=target)
-        for seed in (int(s) for s in cfg.seeds.split(",")):
+        for seed in cfg.seeds:
             for arm in arms(cfg):
                 run_one(cfg, train_cfg, arm, seed)
         for path in sorted(out_dir.glob("*/result.json")):

@@ -32,16 +32,16 @@ command is appended to OUT_DIR/times.jsonl.
 
 from __future__ import annotations
 
-import shlex
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-import sys
 if __package__ in (None, ""):  # run as `python studies/NAME.py`: import from the repo root, not studies/
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
-from tinyhelen import config as config_lib
+from studies import common
 from studies import glue as glue_study
+from tinyhelen import config as config_lib
 from tinyhelen.config import setting
 
 CORPORA = ("leaner", "ori")
@@ -55,20 +55,19 @@ class StudyConfig:
     data_root: str = "../shared/data/tinyhelen"
     genres: str = "book,wiki,textbook,conversation"
     pretrain_config: str = "configs/instruct_pretrain.py"
-    pretrain_flags: str = ""         # added to both train.py commands
+    pretrain_flags: tuple[str, ...] = ()  # added to both train.py commands
     sources: str = "math,code"       # instruct.py convert's sources (math, code, glue, simplified:PATH)
     glue_per_task: int = setting(0, min=0)  # with glue in sources: rows per task (0: all)
-    tune_flags: str = "--max_steps=400 --batch_size=16 --lr=1e-3 --min_lr=1e-4 --eval_every=50 --threads=1"
+    tune_flags: tuple[str, ...] = ("--max_steps=400", "--batch_size=16", "--lr=1e-3", "--min_lr=1e-4",
+                                   "--eval_every=50", "--threads=1")
     max_new_tokens: int = setting(128, min=1)
     judge_limit: int = setting(300, min=0)   # questions judged, a seeded sample (0: all 1,594)
-    judge_flags: str = ""            # e.g. --base_url=... --model=... for a stronger judge
+    judge_flags: tuple[str, ...] = ()  # e.g. --base_url=...,--model=... for a stronger judge
     dry_run: bool = False            # print the commands without running them
 
 
-def _glue(cfg: StudyConfig) -> glue_study.StudyConfig:
-    """glue_study's settings for the steps borrowed from it (prepare, run)."""
-    return glue_study.StudyConfig(out_dir=cfg.out_dir, data_root=cfg.data_root, genres=cfg.genres,
-                                  dry_run=cfg.dry_run)
+def runner(cfg: StudyConfig) -> common.Runner:
+    return common.Runner(cfg.out_dir, cfg.dry_run)
 
 
 def _paths(cfg: StudyConfig) -> dict:
@@ -81,26 +80,27 @@ def _paths(cfg: StudyConfig) -> dict:
 
 
 def _require(cfg: StudyConfig, run_dir: Path, step: str) -> None:
-    if not cfg.dry_run and not glue_study.finished(run_dir):
-        raise SystemExit(f"error: {run_dir} has not finished (no checkpoint, or one before its last step); "
-                         f"run python studies/instruction_following.py --step={step} first (it resumes), then this step again")
+    common.require_finished(run_dir, f"python studies/instruction_following.py --step={step}", cfg.dry_run)
 
 
 def prepare(cfg: StudyConfig) -> None:
-    glue_study.prepare(_glue(cfg))
+    """studies/glue.py's prepare step, with this study's folder and genres."""
+    glue_study.prepare(glue_study.StudyConfig(out_dir=cfg.out_dir, data_root=cfg.data_root, genres=cfg.genres,
+                                              dry_run=cfg.dry_run))
 
 
 def pretrain(cfg: StudyConfig) -> None:
     p = _paths(cfg)
     for corpus in CORPORA:
         out = p[f"{corpus}_llama"]
-        done = glue_study.finished(out)
-        if done:
+        state = common.run_state(out)
+        if state == common.FINISHED:
             print(f"{out}: trained earlier", flush=True)
             continue
-        glue_study.run(_glue(cfg), "pretrain", [
+        runner(cfg).command("pretrain", [
             "train.py", cfg.pretrain_config, f"--data_dir={Path(cfg.out_dir) / 'data' / corpus}",
-            f"--out_dir={out}", *(["--resume"] if done is False else []), *shlex.split(cfg.pretrain_flags)])
+            f"--out_dir={out}", *(["--resume"] if state == common.STOPPED else []),
+            *common.flag_list(cfg.pretrain_flags)])
 
 
 def convert(cfg: StudyConfig) -> None:
@@ -108,9 +108,9 @@ def convert(cfg: StudyConfig) -> None:
     if path.is_file():
         print(f"{path}: converted earlier", flush=True)
         return
-    glue_study.run(_glue(cfg), "convert", ["instruct.py", "convert", f"--data_root={cfg.data_root}",
-                                            f"--sources={cfg.sources}", f"--glue_per_task={cfg.glue_per_task}",
-                                            f"--out={path}"])
+    runner(cfg).command("convert", ["instruct.py", "convert", f"--data_root={cfg.data_root}",
+                                    f"--sources={cfg.sources}", f"--glue_per_task={cfg.glue_per_task}",
+                                    f"--out={path}"])
 
 
 def tune(cfg: StudyConfig) -> None:
@@ -118,14 +118,14 @@ def tune(cfg: StudyConfig) -> None:
     for corpus in CORPORA:
         _require(cfg, p[f"{corpus}_llama"], "pretrain")
         out = p[f"{corpus}_instruct"]
-        done = glue_study.finished(out)
-        if done:
+        state = common.run_state(out)
+        if state == common.FINISHED:
             print(f"{out}: tuned earlier", flush=True)
             continue
-        start = ["--resume"] if done is False else [f"--init_from={p[f'{corpus}_llama']}"]
-        glue_study.run(_glue(cfg), "tune", [
+        start = ["--resume"] if state == common.STOPPED else [f"--init_from={p[f'{corpus}_llama']}"]
+        runner(cfg).command("tune", [
             "instruct.py", "train", f"--data={p['train']}", f"--data_root={cfg.data_root}",
-            f"--out_dir={out}", *start, *shlex.split(cfg.tune_flags)])
+            f"--out_dir={out}", *start, *common.flag_list(cfg.tune_flags)])
 
 
 def generate(cfg: StudyConfig) -> None:
@@ -133,7 +133,7 @@ def generate(cfg: StudyConfig) -> None:
     for corpus in CORPORA:
         _require(cfg, p[f"{corpus}_instruct"], "tune")
         # instruct.py generate skips the questions already answered in --out
-        glue_study.run(_glue(cfg), "generate", [
+        runner(cfg).command("generate", [
             "instruct.py", "generate", f"--init_from={p[f'{corpus}_instruct']}", f"--questions={p['questions']}",
             f"--out={p[f'{corpus}_answers']}", f"--name={corpus}_instruct",
             f"--max_new_tokens={cfg.max_new_tokens}"])
@@ -146,9 +146,9 @@ def _answers(cfg: StudyConfig) -> str:
 
 def judge(cfg: StudyConfig) -> None:
     # instruct.py judge never asks for a finished judgement twice
-    glue_study.run(_glue(cfg), "judge", [
+    runner(cfg).command("judge", [
         "instruct.py", "judge", f"--answers={_answers(cfg)}", f"--out={_paths(cfg)['judgements']}",
-        f"--limit={cfg.judge_limit}", *shlex.split(cfg.judge_flags)])
+        f"--limit={cfg.judge_limit}", *common.flag_list(cfg.judge_flags)])
 
 
 def report(cfg: StudyConfig) -> None:
@@ -156,7 +156,7 @@ def report(cfg: StudyConfig) -> None:
     one corpus favours answers in that corpus's language, so neither alone is neutral."""
     p = _paths(cfg)
     for corpus in CORPORA:
-        glue_study.run(_glue(cfg), "report", [
+        runner(cfg).command("report", [
             "instruct.py", "report", f"--answers={_answers(cfg)}", f"--judgements={p['judgements']}",
             f"--eval_root={cfg.data_root}", f"--reference={p[f'{corpus}_llama']}",
             f"--out_dir={Path(cfg.out_dir) / f'report_{corpus}_reference'}"])

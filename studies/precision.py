@@ -3,7 +3,8 @@
     python studies/precision.py [configs/demo_llama.py] [--max_steps=200 ...]
 
 Trains the given config (default: the CPU demo) once in fp32 and once under bf16 autocast, in this
-process, then prints both validation curves, the largest gap, and writes out/precision/precision.png.
+process, then prints both validation curves, the largest gap, and writes out/precision/precision.png
+(and each run's wall time to out/precision/times.jsonl).
 train.py uses bf16 by default only where the hardware runs it natively; this script is the evidence
 that doing so does not hurt the loss. On a CPU without native bf16 (no AVX512-BF16 or AMX) bf16 is
 emulated and very slow, so keep the run short there (the defaults below are).
@@ -19,9 +20,10 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as `python studies/NAME.py`: import from the repo root, not studies/
     sys.path[0] = str(Path(__file__).resolve().parents[1])
 
+from studies import common  # noqa: E402
 from tinyhelen import config as config_lib  # noqa: E402
 import train  # noqa: E402
-from tinyhelen.metrics import read_metrics, save_figure  # noqa: E402
+from tinyhelen.metrics import read_metrics  # noqa: E402
 
 SHORT = ["--max_steps=120", "--eval_every=20", "--eval_steps=4", "--log_every=10", "--ckpt_every=100000",
          "--sample_tokens=0", "--compile=false"]
@@ -32,11 +34,11 @@ def main(argv: list[str]) -> None:
     flags = [a for a in argv if a.startswith("--")]
     base = config_lib.parse_args(train.TrainConfig(), [*files, *SHORT, *flags])
     out = Path("out/precision")
+    runner = common.Runner(out)
     curves = {}
     for dtype in ("fp32", "bf16"):
         cfg = dataclasses.replace(base, dtype=dtype, out_dir=str(out / dtype))
-        print(f"=== {dtype} ===", flush=True)
-        train.pretrain(cfg)
+        runner.call("train", dtype, train.pretrain, cfg)
         curves[dtype] = {r["step"]: r["val_loss"] for r in read_metrics(out / dtype / "metrics.jsonl")
                          if "val_loss" in r}
     print("\nstep | fp32 val loss | bf16 val loss | bf16 - fp32")
@@ -52,19 +54,14 @@ def main(argv: list[str]) -> None:
 
 
 def plot(curves: dict, path: Path) -> None:
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    fig, ax = plt.subplots(figsize=(6.5, 4), dpi=110)
-    for name, curve in curves.items():
-        ax.plot(list(curve), list(curve.values()), "o-", markersize=3, label=f"{name} validation loss")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("cross-entropy (nats/token)")
-    ax.set_title("bf16 autocast vs fp32, same seed and batches")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    save_figure(fig, path)
+    with common.figure(path, figsize=(6.5, 4), dpi=110) as (fig, ax):
+        for name, curve in curves.items():
+            ax.plot(list(curve), list(curve.values()), "o-", markersize=3, label=f"{name} validation loss")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("cross-entropy (nats/token)")
+        ax.set_title("bf16 autocast vs fp32, same seed and batches")
+        ax.grid(alpha=0.3)
+        ax.legend()
 
 
 if __name__ == "__main__":

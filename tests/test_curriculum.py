@@ -5,7 +5,6 @@ exact probabilities of successive draws, and exact resume after SIGKILL mid-curr
 from __future__ import annotations
 
 import itertools
-import json
 import signal
 import subprocess
 import sys
@@ -332,51 +331,6 @@ def test_growth_rows_and_the_restarted_schedule(leaner_small, tmp_path):
     assert lr[g + 1] == pytest.approx(3e-3 / 5)  # warmup again from the growth (the row's lr is step-1's)
 
 
-@pytest.mark.slow  # six tiny runs, two of them scoring every window
-def test_experiment_is_resumable_and_reports(leaner_small, tmp_path):
-    cfg_file = tmp_path / "tiny.py"
-    cfg_file.write_text("from model_llama import LlamaConfig\n"
-                        f"data_dir = {str(leaner_small)!r}\n"
-                        "model = LlamaConfig(vocab_size=2000, n_layer=1, n_embd=32, n_head=2, n_kv_head=2, "
-                        "ffn_hidden=64, max_seq_len=32)\n"
-                        "seq_len = 32\nbatch_size = 2\nmax_steps = 6\neval_every = 3\neval_steps = 1\n"
-                        "log_every = 3\nckpt_every = 3\nwarmup_steps = 2\ncompile = False\ndtype = 'fp32'\n"
-                        "threads = 1\npeak_flops = 1e10\nsample_tokens = 0\nlr = 3e-3\nmin_lr = 3e-4\n"
-                        "score_batch_tokens = 4096\n")
-    out = tmp_path / "exp"
-    args = ["studies/curriculum_strategies.py", f"--run_config={cfg_file}", f"--out_dir={out}", "--seeds=1,2",
-            "--runs=full_repeated,random,multi_round"]
-    first = run_script(*args)
-    assert first.stdout.count("=== ") == 6
-    for name in ("full_repeated", "random", "multi_round"):
-        result = json.loads((out / name / "seed2" / "result.json").read_text())
-        assert result["seed"] == 2 and [e["step"] for e in result["evals"]] == [3, 6]
-    again = run_script(*args)
-    assert "=== " not in again.stdout  # every run is done: skipped
-    summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["rows"]) == {"full_repeated", "random", "multi_round"}
-    assert summary["rows"]["full_repeated"]["reached"] >= 1
-    assert (out / "curves.png").stat().st_size > 1000 and "| full_repeated |" in (out / "summary.md").read_text()
-    assert not (out / "glue").exists()  # no --glue_tasks, no glue step
-
-    # Leaner-Glue of the final checkpoints: one row per run, spread over the two pre-training seeds
-    tiny_glue = ["--glue_tasks=rte", "--glue_flags=--epochs=1,--max_train=32,--batch_size=16,--lrs=1e-3,"
-                 "--seeds=1,--seq_len=32,--threads=1,--peak_flops=1e10"]
-    scored = run_script(*args, "--steps=glue,report", *tiny_glue)
-    assert "=== " not in scored.stdout.replace("=== glue", "")  # nothing pre-trained again
-    assert scored.stdout.count("=== glue") == 6
-    for name in ("full_repeated", "random", "multi_round"):
-        for seed in (1, 2):
-            result = json.loads((out / "glue" / name / f"seed{seed}" / "rte" / "lr0.001_seed1" / "result.json")
-                                .read_text())
-            assert result["model"] == name and str(out / name / f"seed{seed}") in result["settings"]["init_from"]
-    table = (out / "glue_summary.md").read_text()
-    assert "| random |" in table and " ± " in table  # two pre-training seeds give a spread
-    assert (out / "glue_summary.png").stat().st_size > 1000
-    again = run_script(*args, "--steps=glue", *tiny_glue)
-    assert "done earlier" in again.stdout and again.stdout.count("done earlier") == 6
-
-
 def test_bad_settings_exit_2_before_compute(tmp_path):
     for flag, message in [("--strategy=perplexity", "strategy must be one of random"),
                           ("--strategy=reference_loss", "needs --reference"),
@@ -384,5 +338,3 @@ def test_bad_settings_exit_2_before_compute(tmp_path):
                           ("--init_fraction=0", "init_fraction must be in (0, 1]")]:
         bad = run_script("curriculum.py", f"--data_dir={tmp_path / 'none'}", *flag.split(), check=False)
         assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, (flag, bad.stderr)
-    bad = run_script("studies/curriculum_strategies.py", "--runs=random", check=False)
-    assert bad.returncode == 2 and "must include full_repeated" in bad.stderr

@@ -4,7 +4,6 @@ Llama, sample from it. Marked slow (a few minutes); CI runs it after the default
 from __future__ import annotations
 
 import re
-import sys
 
 import pytest
 
@@ -27,20 +26,3 @@ def test_readme_main_job_shortened(shared_data, tmp_path):
     sample = run_script("sample.py", f"--out_dir={run}", "--num_samples=1", "--max_new_tokens=40").stdout
     words = re.findall(r"[A-Za-z]+", sample)
     assert len(words) >= 10
-
-
-def test_demo_sweep_candidates_are_valid_configs_and_unknown_names_are_refused(tmp_path):
-    """The sweep that chose the demo: every candidate parses as a training config (settings checked
-    before any run), keeps head_dim 32, and a misspelt --only names the real candidates."""
-    import importlib.util
-    from conftest import REPO
-    spec = importlib.util.spec_from_file_location("demo_sweep", REPO / "studies" / "demo_sweep.py")
-    demo_sweep = importlib.util.module_from_spec(spec)
-    sys.modules["demo_sweep"] = demo_sweep  # its dataclass looks its module up there
-    spec.loader.exec_module(demo_sweep)
-    for name in demo_sweep.CANDIDATES:
-        cfg = demo_sweep.candidate_config(name, 0, tmp_path)
-        assert cfg.model.n_embd // cfg.model.n_head == 32 and cfg.compile and cfg.bpb_genres
-        assert cfg.out_dir == str(tmp_path / name)
-    bad = run_script("studies/demo_sweep.py", "--only=w256_l4,huge", f"--out_dir={tmp_path}", check=False)
-    assert bad.returncode == 2 and "huge" in bad.stderr and "w256_l4" in bad.stderr

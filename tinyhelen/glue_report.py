@@ -1,9 +1,10 @@
-"""The Leaner-Glue table and chart of one or more fine-tuning sweeps (finetune_glue.py's out folders).
+"""The Leaner-Glue table and chart of one or more fine-tuning sweeps (finetune_glue.py's out folders),
+and the gaps between models: finetune_glue.py writes each sweep's summary with them, and the studies
+(studies/glue.py's report step, studies/curriculum_strategies.py) their tables over several sweeps.
 
-    python tinyhelen/glue_report.py --sweeps=out/glue/leaner_llama,out/glue/ori_llama,out/glue/scratch_llama \
-        --out=out/glue/summary          # writes out/glue/summary.md and out/glue/summary.png
-    python tinyhelen/glue_report.py --sweeps=... --compare=leaner_llama:ori_llama,ori_llama:scratch_llama
-                                        # also out/glue/summary_gaps.md: each gap with its spread and p-value
+    results = [r for folder in sweeps for r in read_results(folder)]
+    write_summary(results, "out/glue/summary")       # out/glue/summary.md and .png
+    gaps(results, [("leaner_llama", "ori_llama")])   # each gap A - B with its spread and p-value
 
 For each model and task the learning rate with the best mean dev score over seeds is selected, and the
 table gives the mean and standard deviation over those seeds of the test score (when every run of the
@@ -18,12 +19,9 @@ from __future__ import annotations
 
 import json
 import statistics
-import sys
 from collections import defaultdict
-from dataclasses import dataclass
 from pathlib import Path
 
-from tinyhelen import config as config_lib
 from tinyhelen.atomic import atomic_write_text
 from tinyhelen.metrics import save_figure
 from data.corpus import GLUE_TASKS
@@ -119,7 +117,7 @@ def gaps(results: list[dict], pairs: list[tuple[str, str]]) -> str:
     for a, b in pairs:
         missing = [m for m in (a, b) if m not in per_seed]
         if missing:
-            raise ValueError(f"--compare: no results for {', '.join(missing)}; models: {', '.join(per_seed)}")
+            raise ValueError(f"cannot compare: no results for {', '.join(missing)}; models: {', '.join(per_seed)}")
         cells = []
         for c in columns:
             xa, xb = list(per_seed[a].get(c, {}).values()), list(per_seed[b].get(c, {}).values())
@@ -206,46 +204,3 @@ def write_summary(results: list[dict], prefix: str | Path) -> str:
     atomic_write_text(prefix.with_suffix(".md"), table)
     bar_chart(summary, prefix.with_suffix(".png"))
     return table
-
-
-@dataclass
-class ReportConfig:
-    sweeps: tuple[str, ...] = ()    # the --out_dir of each finetune_glue.py sweep, one row (or more) each
-    out: str = "out/glue/summary"   # writes OUT.md and OUT.png
-    compare: tuple[str, ...] = ()   # A:B pairs of models: OUT_gaps.md, the gap A - B per task with its spread
-
-
-def main(cfg: ReportConfig) -> None:
-    if not cfg.sweeps:
-        print("error: give --sweeps=DIR[,DIR...]: the --out_dir of finetune_glue.py sweeps", file=sys.stderr)
-        raise SystemExit(2)
-    try:
-        results = [r for d in cfg.sweeps for r in read_results(d)]
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    if not results:
-        print(f"error: no finished runs (TASK/RUN/result.json) under {', '.join(cfg.sweeps)}",
-              file=sys.stderr)
-        raise SystemExit(2)
-    pairs = [tuple(pair.split(":")) for pair in cfg.compare]
-    bad = [pair for pair, parsed in zip(cfg.compare, pairs) if len(parsed) != 2 or not all(parsed)]
-    if bad:
-        print(f"error: --compare={bad[0]}: write MODEL_A:MODEL_B (e.g. leaner_llama:ori_llama)", file=sys.stderr)
-        raise SystemExit(2)
-    try:
-        table = gaps(results, pairs) if pairs else ""
-    except ValueError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
-    print(write_summary(results, cfg.out))
-    print(f"wrote {Path(cfg.out).with_suffix('.md')} and {Path(cfg.out).with_suffix('.png')}")
-    if pairs:
-        gaps_path = Path(f"{cfg.out}_gaps.md")
-        atomic_write_text(gaps_path, table)
-        print(table)
-        print(f"wrote {gaps_path}")
-
-
-if __name__ == "__main__":
-    config_lib.run_cli(main, ReportConfig())

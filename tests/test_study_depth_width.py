@@ -57,8 +57,8 @@ def base_config(leaner_small, tmp_path):
 def test_sweep_trains_reports_and_resumes(base_config, leaner_small, tmp_path, monkeypatch):
     import train
     out = tmp_path / "sweep"
-    cfg = sweep.SweepConfig(base=str(base_config), out_dir=str(out), depths="1,2", ffn_ratios="2",
-                            head_dim=16, tokens=4 * 32 * 4, gen_tokens=4, seeds="7", top=1)
+    cfg = sweep.SweepConfig(base=str(base_config), out_dir=str(out), depths=(1, 2), ffn_ratios=(2.0,),
+                            head_dim=16, tokens=4 * 32 * 4, gen_tokens=4, seeds=(7,), top=1)
     rows = sweep.sweep(cfg)
     results = [json.loads(p.read_text()) for p in sorted(out.glob("*/result.json"))]
     assert len(results) == 3 and len(rows) == 2  # two shapes, the best one with a second seed
@@ -94,7 +94,7 @@ def test_measure_speed_times_each_shape_alone(base_config, tmp_path, monkeypatch
     and the table and plot then carry those speeds, marked as timed alone."""
     import train
     out = tmp_path / "sweep"
-    cfg = sweep.SweepConfig(base=str(base_config), out_dir=str(out), depths="1,2", ffn_ratios="2",
+    cfg = sweep.SweepConfig(base=str(base_config), out_dir=str(out), depths=(1, 2), ffn_ratios=(2.0,),
                             head_dim=16, tokens=4 * 32 * 4, gen_tokens=4)
     before = sweep.sweep(cfg)
     timed = []

@@ -35,8 +35,8 @@ def test_study_runs_every_arm_and_resumes(setup, monkeypatch):
     import train
     out = setup / "out"
     cfg = inherit_study.StudyConfig(source=str(setup / "big"), to=str(setup / "small.py"),
-                                    base=str(setup / "base.py"), out_dir=str(out), criteria="random,l2",
-                                    seeds="1,2")
+                                    base=str(setup / "base.py"), out_dir=str(out), criteria=("random", "l2"),
+                                    seeds=(1, 2))
     rows = inherit_study.study(cfg)
     source_loss = [json.loads(line)["val_loss"] for line in (setup / "big" / "metrics.jsonl").read_text().splitlines()
                    if "val_loss" in line][-1]

@@ -29,7 +29,7 @@ def test_study_compares_tokenizers(shared_data, base_config, tmp_path, monkeypat
     import train
     out = tmp_path / "study"
     cfg = tokenizer_study.TokenizerStudyConfig(base=str(base_config), out_dir=str(out), genres="math",
-                                               tokenizers="compact:600,compact:300",
+                                               tokenizers=("compact:600", "compact:300"),
                                                data_root=str(shared_data), eval_tokens_per_genre=400,
                                                equal=equal)
     rows = tokenizer_study.study(cfg)
