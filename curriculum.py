@@ -5,9 +5,10 @@
     python curriculum.py configs/curriculum_proxy.py --strategy=multi_round --rounds=2 --keep_fraction=0.5
     python studies/curriculum_strategies.py configs/curriculum_experiment.py     # every strategy, 3 seeds, the table
 
-Every key of train.py works too (CurriculumConfig extends TrainConfig), and --resume continues a
-killed run exactly: the subset, the order, the growth count, the best loss, the patience count, the
-pass position and the record of which tokens were seen are all in the checkpoint.
+Every key of train.py works too (CurriculumConfig extends TrainConfig; the end-of-run sample and
+--bpb_genres included), and --resume continues a killed run exactly: the subset, the order, the
+growth count, the best loss, the patience count, the pass position and the record of which tokens
+were seen are all in the checkpoint.
 
 The iterative curriculum (TinyHelen's): the training documents are put in an order by a strategy,
 training starts on the first init_fraction of them, and after each evaluation whose validation loss
@@ -38,13 +39,13 @@ from __future__ import annotations
 import dataclasses
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from tinyhelen import config as config_lib
 from tinyhelen import machine as machine_lib
+from tinyhelen import runlock
 from tinyhelen.checkpoint import CheckpointError, load_model
 from tinyhelen.config import setting
 from data.documents import Documents, PackedDocuments, packed_positions
@@ -354,22 +355,28 @@ def check_reference(cfg: CurriculumConfig, meta: dict) -> None:
 
 def run_curriculum(cfg: CurriculumConfig) -> Trainer:
     """Train cfg's model with cfg's strategy and return the finished Trainer."""
+    with runlock.hold(cfg.out_dir):  # one writer per run folder, as train.py: before the data is read
+        return _run_curriculum(cfg)
+
+
+def _run_curriculum(cfg: CurriculumConfig) -> Trainer:
     import train
-    from data.tokenizer import load_tokenizer
     from data.tokens import open_tokens
+    from tinyhelen.runs import load_tokenizer_from
     meta = read_meta(cfg.data_dir)
     docs = Documents.open(cfg.data_dir, "train")
     val_tokens = open_tokens(cfg.data_dir, "validation")
     check_reference(cfg, meta)
     train.check_vocab(cfg.model, meta, cfg.data_dir)
+    held_out = train.read_held_out(cfg, meta)  # --bpb_genres, as train.py: a missing file stops here
     m = machine_lib.setup(cfg.device, cfg.dtype, cfg.threads)
     try:
         try:
             if cfg.strategy == "multi_round":
                 source = MultiRound(cfg, docs, m.rank, m.world)
             else:
-                tokenizer = load_tokenizer(str(Path(cfg.data_dir) / meta["tokenizer"])) \
-                    if cfg.strategy == "sentence_length" else None
+                # the prepared data's own tokenizer (a file there, or a standard one it names)
+                tokenizer = load_tokenizer_from(cfg.data_dir) if cfg.strategy == "sentence_length" else None
                 source = Curriculum(cfg, docs, tokenizer, m.rank, m.world)
         except ValueError as e:
             raise config_lib.ConfigError(f"{cfg.data_dir}: {e}") from None
@@ -385,6 +392,9 @@ def run_curriculum(cfg: CurriculumConfig) -> Trainer:
         trainer.log(f"strategy {cfg.strategy}{' (reversed)' if cfg.reverse else ''} | {len(docs)} train documents | "
                     f"{cfg.batch_size * cfg.seq_len * cfg.grad_accum * m.world:,} tokens/step")
         trainer.run()
+        if trainer.is_main:  # the end of a train.py run: --sample_tokens, --bpb_genres
+            train.print_sample(trainer, meta)
+            train.report_bits_per_byte(trainer, meta, held_out, docs.tokens)
     finally:
         m.close()
     return trainer

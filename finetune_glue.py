@@ -6,14 +6,10 @@ the GLUE tasks rewritten in simple language, and score it as GLUE does.
     python finetune_glue.py configs/glue_cpu.py --task=cola --init_from=scratch:out/leaner_llama  # random
     python finetune_glue.py ... --test_dir=PATH    # the release's labelled TASK_test*.jsonl files
 
-The model: the backbone's final-normed hidden state at the LAST REAL token of each sequence (batches
-are right-padded, so that is position length - 1), then a bias-free linear score head: what
-`transformers`' LlamaForSequenceClassification and the reference Mamba classifier do. Classification
-trains with cross-entropy, stsb (one output) with mean squared error. Inputs are the tokenizer's
-end-of-text token (what precedes every document in pre-training) and then the text; a pair task's
-two sentences are joined by a newline ("\\n", one byte-level token of every tokenizer here, and what
-the TinyHelen release itself puts between a row's text fields). At most seq_len (256) tokens,
-batches padded to their longest member and drawn from runs of similar length (data/documents.py).
+The model, its inputs, GLUE's metrics and the batches are in tinyhelen/glue.py: the backbone's hidden
+state at each sequence's last real token, then a linear score head; a pair task's two sentences joined
+by a newline; at most seq_len (256) tokens. The run starts from --init_from, opened as every stage
+opens a run (tinyhelen/runs.py), or from random weights (scratch, scratch:RUN).
 
 Data. Each task's train file trains and its validation file is the dev set. sst2, mnli, qnli and qqp
 have no train file in the local copy: their validation file is split with a fixed seed into train and
@@ -35,7 +31,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import shutil
 import time
@@ -44,26 +39,24 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn as nn
-import torch.nn.functional as F
 
 from tinyhelen import config as config_lib
 from tinyhelen import machine as machine_lib
+from tinyhelen import runlock
 from tinyhelen.atomic import atomic_write_json
-from tinyhelen.checkpoint import CheckpointError, build_model, load_source
+from tinyhelen.checkpoint import CheckpointError, build_model, model_class
 from tinyhelen.config import setting
+from tinyhelen.glue import MAIN_METRIC, SEPARATOR, DevSelection, GlueBatches, SequenceClassifier, TaskData, \
+    classifier_loss, encode, glue_metrics, majority_score, predict
+from tinyhelen.runs import load_run, load_tokenizer_from
 from data.corpus import GLUE_TASKS, DataError
-from data.documents import Documents, PaddedDocuments, padded_batches
 from data.tasks import glue_file, glue_splits, glue_task, holdout, read_glue, read_glue_file
 from trainer import Trainer, TrainConfig
 
-SEPARATOR = "\n"    # between the two sentences of a pair task
 HOLDOUT_SEED = 0    # the fixed split of a validation file into train and dev
 # The paper's epochs per task (wnli is not given there: 50, as rte, the other small pair task).
 PAPER_EPOCHS = {"cola": 30, "sst2": 3, "mrpc": 30, "qqp": 3, "stsb": 30, "mnli": 3, "qnli": 3, "rte": 50,
                 "wnli": 50}
-MAIN_METRIC = {"cola": "mcc", "mrpc": "mean of F1 and accuracy", "qqp": "mean of F1 and accuracy",
-               "stsb": "mean of Pearson and Spearman", "mnli": "matched accuracy"}
 
 
 def _check_tasks(value: str) -> str | None:
@@ -79,6 +72,16 @@ def _check_positive(values) -> str | None:
 
 @dataclass
 class GlueConfig(TrainConfig):
+    # Keys of the training config this stage does not read: setting one is an error that says what to
+    # set instead (tinyhelen/config.py), not a value silently ignored.
+    unread_keys = {
+        "data_dir": "use --glue_dir, the folder of the Leaner-Glue task files",
+        "eval_steps": "every evaluation scores the whole dev set; set how often with --eval_every or "
+                      "--evals_per_epoch",
+        "sample_prompt": "fine-tuning writes no text sample (sample.py does, from a pre-training run)",
+        "sample_tokens": "fine-tuning writes no text sample (sample.py does, from a pre-training run)",
+        "bpb_genres": "the score is the task's GLUE metric; evaluate.py measures bits per byte",
+    }
     task: str = setting("rte", check=_check_tasks)   # a task, a comma list, or all
     glue_dir: str = "../shared/data/tinyhelen/leaner/glue"
     init_from: str = ""  # a train.py run (folder or ckpt.pt), a transformers folder, scratch, scratch:RUN
@@ -110,7 +113,7 @@ class GlueConfig(TrainConfig):
     weight_decay: float = setting(0.0, min=0)
     log_every: int = setting(50, min=1)
     ckpt_every: int = setting(10**9, min=1)   # the Trainer's end-of-run checkpoint only
-    sample_tokens: int = setting(0, min=0)
+    sample_tokens: int = setting(0, min=0)    # unread (above): 0, so each run's saved config says so
     compile: bool = False     # batch shapes vary; eager runs the fused CPU kernels anyway
     resume: bool = setting(False, check=lambda v: None if not v else (
         "is not a fine-tuning setting: a sweep restarted with the same command skips its finished runs "
@@ -130,40 +133,6 @@ class GlueConfig(TrainConfig):
 
 
 # ----------------------------------------------------------------------------- data
-
-@dataclass
-class Encoded:
-    """One split of a task, tokenized: a Documents table over the token stream (one example per
-    document), the labels, and where the examples came from."""
-    docs: Documents
-    labels: np.ndarray   # int64 class ids, or float32 scores (stsb)
-    source: str          # the file, and which part of it for a held-out split
-    truncated: int       # examples longer than seq_len tokens (cut at the end)
-
-
-def encode(examples, tokenizer, max_len: int, source: str) -> Encoded:
-    """Tokenize examples (a pair's texts joined by SEPARATOR) into one stream, each followed by an eot,
-    the layout data/documents.py batches: a row is [eot] + the example, cut to max_len tokens."""
-    ids = tokenizer.encode_batch([SEPARATOR.join(e.texts) for e in examples])
-    lengths = np.array([len(row) for row in ids], dtype=np.int64)
-    tokens = np.concatenate([np.array([*row, tokenizer.eot_id], dtype=np.int64) for row in ids])
-    ends = np.cumsum(lengths + 1) - 1   # the eot after each example
-    starts = ends - lengths
-    regression = glue_task(examples[0].task).regression
-    labels = np.array([e.label for e in examples], dtype=np.float32 if regression else np.int64)
-    docs = Documents(tokens, starts, ends, np.zeros(len(ids), dtype=np.int64), ("glue",), tokenizer.eot_id,
-                     source)
-    return Encoded(docs, labels, source, int((lengths + 1 > max_len).sum()))
-
-
-@dataclass
-class TaskData:
-    task: str
-    train: Encoded
-    dev: dict[str, Encoded]    # "dev" (and mnli's "dev_mm")
-    test: dict[str, Encoded]   # "test" (and "test_mm"), when test files are given
-    held_out: bool             # dev was carved out of the validation file (no train file here)
-
 
 def test_files(cfg: GlueConfig, task: str) -> dict[str, Path]:
     """{"test": path} (mnli: "test" matched, "test_mm" mismatched) from --test_file / --test_dir."""
@@ -217,155 +186,6 @@ def load_task(cfg: GlueConfig, task: str, tokenizer) -> TaskData:
     return TaskData(task, enc(train, train_source), dev, test, held_out)
 
 
-# ----------------------------------------------------------------------------- the model
-
-class SequenceClassifier(nn.Module):
-    """A backbone's hidden state at each sequence's last real token -> a bias-free linear score head.
-
-    forward(x, lengths, labels=None) -> (logits (B, n_outputs) fp32, loss or None); x (B, T) is
-    right-padded and lengths (B,) counts each row's real tokens. One output is a regression (MSE)."""
-
-    def __init__(self, backbone: nn.Module, n_outputs: int):
-        super().__init__()
-        if not hasattr(backbone, "hidden_states"):
-            raise TypeError(f"{type(backbone).__name__} has no hidden_states(idx) method to classify with")
-        self.backbone = backbone
-        self.backbone.lm_head = nn.Identity()  # unused: its weights are reported as dropped
-        self.score = nn.Linear(backbone.config.n_embd, n_outputs, bias=False)
-        nn.init.normal_(self.score.weight, std=getattr(backbone.config, "init_std", 0.02))
-
-    def num_params(self, non_embedding: bool = True) -> int:
-        """Parameters, the token embedding left out when non_embedding (the LM head is gone)."""
-        embeddings = [m.weight for m in self.modules() if isinstance(m, nn.Embedding)]
-        skip = {id(w) for w in embeddings} if non_embedding else set()
-        return sum(p.numel() for p in self.parameters() if id(p) not in skip)
-
-    def forward(self, x: torch.Tensor, lengths: torch.Tensor, labels: torch.Tensor | None = None):
-        hidden = self.backbone.hidden_states(x)                            # (B, T, D)
-        last = hidden[torch.arange(x.shape[0], device=x.device), lengths - 1]  # (B, D)
-        logits = self.score(last).float()
-        loss = None
-        if labels is not None:
-            loss = F.mse_loss(logits[:, 0], labels.float()) if logits.shape[1] == 1 else \
-                F.cross_entropy(logits, labels)
-        return logits, loss
-
-
-def classifier_loss(runner, batch) -> torch.Tensor:
-    return runner(*batch)[1]
-
-
-def glue_metrics(task: str, outputs: np.ndarray, labels: np.ndarray) -> dict[str, float]:
-    """GLUE's metrics of a task for model outputs (N, n_outputs) against labels; "score" is the main one
-    (a correlation that is undefined because the predictions are constant counts as 0)."""
-    from scipy.stats import pearsonr, spearmanr
-    from sklearn.metrics import accuracy_score, f1_score, matthews_corrcoef
-    if glue_task(task).regression:
-        predictions = outputs[:, 0].astype(np.float64)
-        constant = np.ptp(predictions) == 0 or np.ptp(labels) == 0
-        pearson = 0.0 if constant else float(pearsonr(predictions, labels)[0])
-        spearman = 0.0 if constant else float(spearmanr(predictions, labels)[0])
-        return {"pearson": pearson, "spearman": spearman, "score": (pearson + spearman) / 2}
-    predictions = outputs.argmax(axis=1)
-    accuracy = float(accuracy_score(labels, predictions))
-    if task == "cola":
-        mcc = float(matthews_corrcoef(labels, predictions))
-        return {"mcc": mcc, "accuracy": accuracy, "score": mcc}
-    if task in ("mrpc", "qqp"):
-        f1 = float(f1_score(labels, predictions, zero_division=0.0))
-        return {"f1": f1, "accuracy": accuracy, "score": (f1 + accuracy) / 2}
-    return {"accuracy": accuracy, "score": accuracy}
-
-
-def majority_score(task: str, train: Encoded, dev: Encoded) -> float:
-    """The main metric of always answering the training set's most common class (the mean score for stsb)."""
-    n = 1 if glue_task(task).regression else glue_task(task).num_labels
-    outputs = np.zeros((len(dev.labels), n), dtype=np.float32)
-    if n == 1:
-        outputs[:] = train.labels.mean()
-    else:
-        outputs[:, np.bincount(train.labels, minlength=n).argmax()] = 1
-    return glue_metrics(task, outputs, dev.labels)["score"]
-
-
-@torch.no_grad()
-def predict(model: SequenceClassifier, data: Encoded, batch_size: int, max_len: int, device,
-            autocast) -> np.ndarray:
-    """Outputs (N, n_outputs) for every example, in batches of similar length."""
-    was_training = model.training
-    model.eval()
-    out = np.zeros((len(data.labels), model.score.out_features), dtype=np.float32)
-    try:
-        for ids, x, y in padded_batches(data.docs, data.docs.order(by="length"), batch_size, max_len):
-            with autocast():
-                logits, _ = model(x.to(device), (y != -1).sum(1).to(device))
-            out[ids] = logits.float().cpu().numpy()
-    finally:
-        model.train(was_training)
-    return out
-
-
-# ----------------------------------------------------------------------------- batches and evaluation
-
-class GlueBatches:
-    """The Trainer's batch source over a tokenized training set: (x, lengths, labels), right-padded to
-    the batch's longest example, batches from runs of similar length, a new shuffle each epoch (the
-    last partial batch of an epoch waits for the next shuffle); a tqdm bar per epoch."""
-
-    def __init__(self, data: Encoded, batch_size: int, max_len: int, seed: int, bucket: int, desc: str = "",
-                 epochs: int = 0):
-        self.data, self.desc, self.epochs = data, desc, epochs
-        self.inner = PaddedDocuments(data.docs, None, batch_size, max_len, seed, shuffle=True, bucket=bucket)
-        self.steps_per_epoch = self.inner.num_batches
-        self._bar, self._bar_epoch = None, -1
-
-    def next_batch(self):
-        x, y = self.inner.next_batch()
-        self._progress()
-        return x, (y != -1).sum(1), torch.from_numpy(self.data.labels[self.inner.last_documents])
-
-    def _progress(self) -> None:
-        from tqdm import tqdm
-        if self.inner.epoch != self._bar_epoch:
-            self.close()
-            self._bar_epoch = self.inner.epoch
-            self._bar = tqdm(total=self.steps_per_epoch, leave=False, dynamic_ncols=True,
-                             desc=f"{self.desc} epoch {self.inner.epoch + 1}/{self.epochs or '?'}")
-        self._bar.update(1)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-            self._bar = None
-
-    def state_dict(self) -> dict:
-        return self.inner.state_dict()
-
-    def load_state_dict(self, state: dict) -> None:
-        self.inner.load_state_dict(state)
-
-
-class DevSelection:
-    """The stage's evaluation: every dev set's metrics; the weights of the best step by the main metric
-    on "dev" are kept (a copy in memory), for scoring the test file with the selected step."""
-
-    def __init__(self, data: TaskData, cfg: GlueConfig):
-        self.data, self.cfg = data, cfg
-        self.best, self.best_step, self.best_state, self.best_metrics = -math.inf, 0, None, {}
-
-    def __call__(self, trainer: Trainer) -> dict:
-        scores = {}
-        for name, split in self.data.dev.items():
-            outputs = predict(trainer.model, split, self.cfg.eval_batch_size, self.cfg.seq_len,
-                              trainer.device, trainer.autocast)
-            metrics = glue_metrics(self.data.task, outputs, split.labels)
-            scores.update({f"{name}_{k}": v for k, v in metrics.items()})
-        if scores["dev_score"] > self.best:
-            self.best, self.best_step, self.best_metrics = scores["dev_score"], trainer.step, dict(scores)
-            self.best_state = {k: v.detach().clone() for k, v in trainer.model.state_dict().items()}
-        return scores
-
-
 # ----------------------------------------------------------------------------- where a run starts
 
 @dataclass
@@ -379,23 +199,6 @@ class Start:
     name: str
 
 
-def load_tokenizer_from(spec: str | Path, meta: dict | None = None):
-    """A tokenizer from a tokenizer.json file, a standard name (cl100k_base), or a folder holding one: a
-    train.py run, a prepared data folder, or an export (tinyhelen_tokenizer.json)."""
-    from data.tokenizer import load_tokenizer
-    from sample import load_run_tokenizer
-    spec = Path(spec)
-    if str(spec) == "cl100k_base" or spec.is_file() and spec.suffix == ".json":
-        return load_tokenizer(str(spec))
-    folder = spec.parent if spec.suffix == ".pt" else spec
-    if (folder / "tinyhelen_tokenizer.json").is_file():
-        return load_tokenizer(str(folder / "tinyhelen_tokenizer.json"))
-    if not folder.is_dir():
-        raise CheckpointError(f"--tokenizer={spec}: no such file or folder (give a run folder, a prepared "
-                              f"data folder, a tokenizer.json or cl100k_base)")
-    return load_run_tokenizer(folder, meta or {})
-
-
 def resolve_start(cfg: GlueConfig) -> Start:
     if not cfg.init_from:
         raise config_lib.ConfigError(
@@ -407,16 +210,14 @@ def resolve_start(cfg: GlueConfig) -> Start:
         raise config_lib.ConfigError(f"--init_from={cfg.init_from}: write scratch or scratch:RUN")
     weights = like if scratch else cfg.init_from
     if weights:
-        source = load_source(weights)
-        model_config, meta = source.model_config, source.data_meta
-        tokenizer = load_tokenizer_from(cfg.tokenizer or weights, meta)
+        model, tokenizer, meta = load_run(weights, tokenizer=cfg.tokenizer)
+        model_config = model.config  # the Trainer loads the weights itself (init_from)
     else:
         if not cfg.tokenizer:
             raise config_lib.ConfigError("--init_from=scratch needs --tokenizer (a run or data folder, a "
                                          "tokenizer.json): the one the compared pre-trained models use")
         model_config, meta = cfg.model, {}
         tokenizer = load_tokenizer_from(cfg.tokenizer)
-    from tinyhelen.checkpoint import model_class
     if not hasattr(model_class(type(model_config).__name__)[1], "hidden_states"):
         raise config_lib.ConfigError(f"{type(model_config).__name__.removesuffix('Config')} has no "
                                      f"hidden_states(idx) yet, which the classifier reads")
@@ -472,7 +273,7 @@ def finetune(cfg: GlueConfig, start: Start, data: TaskData, lr: float, seed: int
         eval_every=cfg.eval_every or max(1, source.steps_per_epoch // cfg.evals_per_epoch))
     torch.manual_seed(seed)  # the head's initial weights (and a scratch backbone's)
     model = SequenceClassifier(build_model(start.model_config), 1 if spec.regression else spec.num_labels)
-    selection = DevSelection(data, run_cfg)
+    selection = DevSelection(data, cfg.eval_batch_size, cfg.seq_len)
     began = time.perf_counter()
     trainer = Trainer(run_cfg, source, model=model, loss=classifier_loss, evaluate=selection,
                       init_prefix="backbone.", data_meta=start.data_meta, machine=machine)
@@ -537,6 +338,13 @@ def plan(cfg: GlueConfig) -> tuple[Start, dict[str, TaskData], list[tuple[str, f
 
 
 def sweep(cfg: GlueConfig) -> list[dict]:
+    # The sweep folder has one writer too: finetune() removes unfinished run folders and the summary is
+    # rewritten at the end, which a second sweep into the same --out_dir would do under the first one.
+    with runlock.hold(cfg.out_dir):
+        return _sweep(cfg)
+
+
+def _sweep(cfg: GlueConfig) -> list[dict]:
     from tinyhelen.glue_report import write_summary
     from tinyhelen.metrics import measure_peak_flops
     start, data, runs = plan(cfg)

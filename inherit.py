@@ -43,6 +43,7 @@ from pathlib import Path
 import torch
 
 from tinyhelen import config as config_lib
+from tinyhelen import runlock
 from tinyhelen.atomic import atomic_write_json
 from tinyhelen.checkpoint import CheckpointError, atomic_torch_save, build_model, load_checkpoint, \
     model_config_from_dict
@@ -282,6 +283,11 @@ def real_batches(cfg: InheritConfig, src_config: dict) -> list:
 def inherit(cfg: InheritConfig) -> Path:
     if not cfg.source or not cfg.out_dir:
         raise InheritError("give --from=RUN (a trained run folder) and --out_dir=NEW_RUN")
+    with runlock.hold(cfg.out_dir):  # one writer per run folder, taken before any compute
+        return _inherit(cfg)
+
+
+def _inherit(cfg: InheritConfig) -> Path:
     tgt = read_target(cfg.to)
     ckpt = load_checkpoint(cfg.source)
     src_cfg = model_config_from_dict(ckpt["config"]["model"])

@@ -12,7 +12,8 @@ train runs the shared Trainer (trainer.py) on instruction rows formatted as the 
 `### TASK INPUT:\\n{instruction}[\\n{input}]\\n\\n### RESPONSE:\\n{output}` then end-of-text, the loss
 on the response only (--loss_on=response, the default) or on every token (--loss_on=all, as the
 reference did); config, checkpoints, --resume and metrics are train.py's. tinyhelen/instruct_data.py has the
-converters, the held-out check and the batches; tinyhelen/judge.py the judging, its agreement and the report.
+converters, the held-out check and the batches; tinyhelen/judge.py the judging, tinyhelen/judge_report.py
+its agreement, the model-free measures and the report.
 
 generate answers any file of {"question": ...} rows (Leaner-Eval's all.jsonl or its split files) in
 batches of prompts of different lengths, left-padded (model_common.generate), greedy by default.
@@ -25,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,9 +34,11 @@ import torch
 
 from tinyhelen import config as config_lib
 from tinyhelen import machine as machine_lib
+from tinyhelen import runlock
 from tinyhelen.atomic import append_line, atomic_jsonl, read_lines
-from tinyhelen.checkpoint import CheckpointError, load_model, load_source
+from tinyhelen.checkpoint import CheckpointError
 from tinyhelen.config import ConfigError, setting
+from tinyhelen.runs import load_run
 from data.corpus import DataError, get_field, iter_json_lines, task_prompt
 from data.tasks import read_instructions
 from tinyhelen.instruct_data import InstructionBatches, all_batches, check_no_leak, convert, encode, forbidden_texts
@@ -74,6 +76,17 @@ def run_convert(cfg: ConvertConfig) -> list[dict]:
 
 @dataclass
 class InstructConfig(TrainConfig):
+    # Keys of the training config this stage does not read: setting one is an error that says what to
+    # set instead (tinyhelen/config.py), not a value silently ignored.
+    unread_keys = {
+        "data_dir": "use --data, the instruction JSONL file (rows of instruction, input, output)",
+        "model": "the architecture comes with the --init_from run's weights (with --resume, from the "
+                 "checkpoint); train another architecture with train.py first",
+        "eval_steps": "the dev loss covers every held-out row; set how many with --dev_fraction",
+        "sample_prompt": "instruct.py train writes no text sample; `instruct.py generate` answers questions",
+        "sample_tokens": "instruct.py train writes no text sample; `instruct.py generate` answers questions",
+        "bpb_genres": "instruct.py train reports the dev loss; evaluate.py measures bits per byte",
+    }
     data: str = ""                   # instruction JSONL (instruction, input, output)
     data_root: str = DEFAULT_ROOT    # for the held-out check; "" skips it (say so in results)
     loss_on: str = setting("response", choices=("response", "all"))
@@ -108,13 +121,12 @@ class DevLoss:
         return {"val_loss": total / max(count, 1)}
 
 
-def run_tokenizer(path: str | Path, meta: dict):
-    from finetune_glue import load_tokenizer_from  # the one reader of "which tokenizer does this run use"
-    path = Path(path)
-    return load_tokenizer_from(path.parent if path.suffix == ".pt" else path, meta)
-
-
 def instruction_tune(cfg: InstructConfig) -> Trainer:
+    with runlock.hold(cfg.out_dir):  # before the instruction data is read and tokenized
+        return _instruction_tune(cfg)
+
+
+def _instruction_tune(cfg: InstructConfig) -> Trainer:
     if not cfg.init_from and not cfg.resume:
         raise ConfigError("--init_from=RUN is required: instruction tuning starts from a pre-trained run")
     if not cfg.data:
@@ -124,8 +136,9 @@ def instruction_tune(cfg: InstructConfig) -> Trainer:
     if cfg.data_root:
         check_no_leak(rows, forbidden_texts(cfg.data_root))
     source_path = cfg.init_from or cfg.out_dir
-    meta = load_source(source_path).data_meta if cfg.init_from else {}
-    tokenizer = run_tokenizer(source_path, meta)
+    # the tokenizer and the data meta (a resumed run's own holds its source's, so it carries on); the
+    # Trainer loads the weights itself, from init_from or the checkpoint it resumes
+    _, tokenizer, meta = load_run(source_path)
     from data.tasks import holdout
     train_rows, dev_rows = holdout(rows, cfg.dev_fraction, cfg.seed) if len(rows) > 1 else (rows, rows)
     train_enc, dropped = encode(train_rows, tokenizer, cfg.seq_len)
@@ -142,11 +155,11 @@ def instruction_tune(cfg: InstructConfig) -> Trainer:
     trainer.log(f"{len(train_enc.tokens)} training / {len(dev_enc.tokens)} dev examples from {cfg.data} "
                 f"(loss on {cfg.loss_on} tokens)"
                 + (f"; {dropped} dropped: prompt longer than seq_len" if dropped else ""))
-    if trainer.is_main:
+    if trainer.is_main and cfg.init_from:
+        # the run folder carries its tokenizer as train.py's do, also when it started from an export
+        # (whose tokenizer.json is transformers' format, not ours)
         trainer.out_dir.mkdir(parents=True, exist_ok=True)
-        tok = Path(source_path if Path(source_path).is_dir() else Path(source_path).parent) / "tokenizer.json"
-        if tok.is_file() and tok.resolve() != (trainer.out_dir / "tokenizer.json").resolve():
-            shutil.copyfile(tok, trainer.out_dir / "tokenizer.json")
+        tokenizer.save(trainer.out_dir / "tokenizer.json")
     try:
         trainer.run()
     finally:
@@ -220,8 +233,7 @@ def generate_answers(cfg: GenerateConfig) -> list[dict]:
     if not todo:
         return [done[q["hash"]] for q in questions]
     device = machine_lib.setup(cfg.device, "fp32", cfg.threads, distributed=False).device
-    model, ckpt = load_model(cfg.init_from, device)
-    tokenizer = run_tokenizer(cfg.init_from, ckpt.get("data_meta", {}))
+    model, tokenizer, _ = load_run(cfg.init_from, device)
     eot = tokenizer.eot_id
     prompts = [[eot] + tokenizer.encode(task_prompt(q["question"])) for q in todo]
     limit = getattr(model.config, "max_seq_len", None)
@@ -258,9 +270,9 @@ COMMANDS = {"convert": (run_convert, ConvertConfig), "train": (instruction_tune,
 
 
 def _commands():
-    from tinyhelen import judge
+    from tinyhelen import judge, judge_report
     return {**COMMANDS, "judge": (judge.run_judge, judge.JudgeConfig),
-            "report": (judge.run_report, judge.ReportConfig)}
+            "report": (judge_report.run_report, judge_report.ReportConfig)}
 
 
 def main(argv=None) -> None:

@@ -20,6 +20,7 @@ import torch
 
 from tinyhelen import config as config_lib
 from tinyhelen import machine as machine_lib
+from tinyhelen import runlock
 from tinyhelen.atomic import atomic_write_json
 from tinyhelen.checkpoint import CheckpointError
 from data.tokens import TokenBatches, open_tokens, read_meta
@@ -93,6 +94,13 @@ def check_same_tokenizer(cfg: TrainConfig, meta: dict) -> None:
 
 def pretrain(cfg: TrainConfig) -> Trainer:
     """Train cfg's model on cfg.data_dir and return the finished Trainer."""
+    # One writer per run folder, taken before the data is read or anything computed: a second process
+    # training into cfg.out_dir stops here (exit 2), naming this one. Held to the last file written.
+    with runlock.hold(cfg.out_dir):
+        return _pretrain(cfg)
+
+
+def _pretrain(cfg: TrainConfig) -> Trainer:
     meta = read_meta(cfg.data_dir)
     check_same_tokenizer(cfg, meta)
     train_tokens, val_tokens = open_tokens(cfg.data_dir, "train"), open_tokens(cfg.data_dir, "validation")
@@ -151,8 +159,8 @@ def report_bits_per_byte(trainer: Trainer, meta: dict, held_out: dict, train_tok
     if not held_out:
         return
     from evaluate import score_texts
-    from sample import load_run_tokenizer
-    tokenizer = load_run_tokenizer(trainer.out_dir, meta)
+    from tinyhelen.runs import load_tokenizer_from
+    tokenizer = load_tokenizer_from(trainer.out_dir, meta)
     baseline = unigram_log_probs(train_tokens, trainer.cfg.model.vocab_size)
     model = trainer.model.eval()
     report = {}
@@ -169,8 +177,8 @@ def print_sample(trainer: Trainer, meta: dict) -> None:
     cfg = trainer.cfg
     if not cfg.sample_tokens:
         return
-    from sample import load_run_tokenizer
-    tokenizer = load_run_tokenizer(trainer.out_dir, meta)
+    from tinyhelen.runs import load_tokenizer_from
+    tokenizer = load_tokenizer_from(trainer.out_dir, meta)
     prompt = [tokenizer.eot_id] + tokenizer.encode(cfg.sample_prompt)
     idx = torch.tensor([prompt], device=trainer.device)
     generator = torch.Generator(device=trainer.device).manual_seed(cfg.seed)

@@ -27,6 +27,10 @@ RNG, source and listener states). `init_from` starts a new run from another run'
 folder, a ckpt.pt, or a `transformers` folder) with a fresh optimizer, step and schedule; the model
 may have weights the source lacks (a classifier head: reported as new) and the source weights the
 model has no place for (an LM head under a classifier: reported as dropped).
+
+One writer per run folder: the Trainer holds OUT_DIR's lock (tinyhelen/runlock.py) from its
+construction, before the checkpoint is read or the model built, to the end of run(); a second
+process training into the same folder stops with exit 2 naming the first.
 """
 
 from __future__ import annotations
@@ -44,6 +48,7 @@ import torch
 
 from tinyhelen import config as config_lib
 from tinyhelen import machine as machine_lib
+from tinyhelen import runlock
 from tinyhelen.checkpoint import atomic_torch_save, build_model, load_checkpoint, load_matching_weights, load_source, \
     model_config_from_dict, rng_state, set_rng_state
 from tinyhelen.config import setting
@@ -169,7 +174,16 @@ class Trainer:
         self.init_report: dict[str, list[str]] | None = None
         self.step, self.tokens_seen = 0, 0
         self.train_seconds = 0.0  # time in optimizer steps only (no evaluation, checkpoints or start-up)
+        self._run_lock = runlock.acquire(self.out_dir)  # before any compute; rank 0's, under torchrun
+        try:
+            self._start(cfg, model, init_prefix)
+        except BaseException:  # a bad checkpoint or --resume mismatch: the folder is free again
+            self._run_lock.release()
+            raise
 
+    # ---------------------------------------------------------------- setup
+    def _start(self, cfg: TrainConfig, model: torch.nn.Module | None, init_prefix: str) -> None:
+        """Read the checkpoint (resume) or the init_from weights, build the model and optimizer."""
         resuming, source, ckpt = cfg.resume, None, None
         if resuming:
             ckpt = load_checkpoint(self.out_dir / "ckpt.pt", map_location=self.device)
@@ -195,7 +209,6 @@ class Trainer:
             self._resume(ckpt)
         self.runner = self._wrap(self.model)
 
-    # ---------------------------------------------------------------- setup
     def _wrap(self, model):
         if self.cfg.compile:
             model = torch.compile(model)
@@ -295,6 +308,13 @@ class Trainer:
 
     # ---------------------------------------------------------------- the run
     def run(self) -> None:
+        """Train to max_steps, then give the run folder's lock back."""
+        try:
+            self._train()
+        finally:
+            self._run_lock.release()
+
+    def _train(self) -> None:
         cfg = self.cfg
         flops_per_token = self.model.flops_per_token(cfg.seq_len) if hasattr(self.model, "flops_per_token") else 0
         peak = cfg.peak_flops or measure_peak_flops(self.device, self.dtype)

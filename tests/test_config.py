@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import pytest
@@ -122,3 +123,111 @@ def test_space_separated_values_and_bare_booleans(tmp_path):
     path.write_text("steps = 4\n")
     cfg = config_lib.parse_args(Outer(compile=False), ["--name", "x y", "--compile", str(path), "--lr", "0.5"])
     assert (cfg.name, cfg.compile, cfg.steps, cfg.lr) == ("x y", True, 4, 0.5)
+
+
+# ------------------------------------------------------------------ non-finite numbers
+
+def float_keys(cfg, prefix: str = "") -> list[str]:
+    """Every float (or tuple-of-float) key of a config that its stage reads, nested ones dotted."""
+    import typing
+    hints, keys = typing.get_type_hints(type(cfg)), []
+    for f in dataclasses.fields(cfg):
+        if f.name in config_lib.unread_keys(cfg):
+            continue
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            keys += float_keys(value, f"{prefix}{f.name}.")
+        elif "float" in str(hints[f.name]):
+            keys.append(prefix + f.name)
+    return keys
+
+
+def stage_configs() -> dict:
+    import curriculum
+    import finetune_glue
+    import instruct
+    import sample
+    import train
+    return {"train": train.TrainConfig(), "finetune_glue": finetune_glue.GlueConfig(),
+            "instruct train": instruct.InstructConfig(), "instruct generate": instruct.GenerateConfig(),
+            "curriculum": curriculum.CurriculumConfig(), "sample": sample.SampleConfig()}
+
+
+def test_every_float_setting_of_every_stage_refuses_nan_and_inf(capsys):
+    checked = 0
+    for stage, defaults in stage_configs().items():
+        for key in float_keys(defaults):
+            for text in ("nan", "inf", "-inf"):
+                with pytest.raises(SystemExit) as e:  # the entry points' path: run_cli
+                    config_lib.run_cli(lambda cfg: pytest.fail(f"{stage} --{key}={text} was accepted"),
+                                       defaults, [f"--{key}={text}"])
+                err = capsys.readouterr().err
+                assert e.value.code == 2, (stage, key, text)
+                assert f"error: flag --{key}={text}: {key.rpartition('.')[2]} must be" in err
+                assert "finite" in err
+                checked += 1
+    assert checked > 100  # lr, betas, the model's floats, the fractions, temperature... of each stage
+
+
+def test_non_finite_in_a_config_file_names_file_and_line(tmp_path):
+    path = tmp_path / "c.py"
+    path.write_text("steps = 3\nlr = float('nan')\n")
+    with pytest.raises(ConfigError, match=r"c.py:2: lr must be a finite number, got nan"):
+        config_lib.parse_args(Outer(), [str(path)])
+    path.write_text("from model_llama import LlamaConfig\nmodel = LlamaConfig(rope_theta=float('inf'))\n")
+    # a dataclass built whole in the file
+    with pytest.raises(ConfigError, match="model.rope_theta must be a finite number"):
+        config_lib.parse_args(Outer(), [str(path)])
+
+
+# ------------------------------------------------------------------ keys a stage inherits but does not read
+
+@dataclass
+class Stage(Outer):
+    unread_keys = {"name": "use --title: this stage's name for itself"}
+    title: str = ""
+
+
+def test_an_unread_key_is_an_error_naming_the_key_to_use(tmp_path, capsys):
+    with pytest.raises(ConfigError, match=r"flag --name=x: Stage does not read name, a key it inherits from "
+                                          r"Outer: use --title"):
+        config_lib.parse_args(Stage(), ["--name=x"])
+    path = tmp_path / "c.py"
+    path.write_text("steps = 3\nname = 'x'\n")
+    with pytest.raises(ConfigError, match=r"c.py:2: Stage does not read name"):
+        config_lib.parse_args(Stage(), [str(path)])
+    assert config_lib.parse_args(Stage(), ["--title=x"]).title == "x"
+    with pytest.raises(ConfigError) as e:  # not offered among the valid keys either
+        config_lib.parse_args(Stage(), ["--nmae=x"])
+    assert "title" in str(e.value) and "name," not in str(e.value)
+    with pytest.raises(SystemExit):
+        config_lib.parse_args(Stage(), ["--help"])
+    help_text = capsys.readouterr().out
+    assert help_text.endswith("not read by this command:\n  name: use --title: this stage's name for itself\n")
+
+
+def test_stage_configs_name_the_keys_they_read_instead():
+    configs = stage_configs()
+    for stage, cfg in configs.items():  # every declared unread key is a real field (no typo hides one)
+        assert set(config_lib.unread_keys(cfg)) <= {f.name for f in dataclasses.fields(cfg)}, stage
+    for stage, flag, instead in (("finetune_glue", "--data_dir=out/data/leaner", "--glue_dir"),
+                                 ("finetune_glue", "--eval_steps=4", "--eval_every"),
+                                 ("finetune_glue", "--sample_tokens=50", "sample.py"),
+                                 ("instruct train", "--data_dir=out/data/leaner", "--data,"),
+                                 ("instruct train", "--model.n_layer=4", "--init_from"),
+                                 ("instruct train", "--bpb_genres=wiki", "evaluate.py")):
+        with pytest.raises(ConfigError, match="does not read") as e:
+            config_lib.parse_args(configs[stage], [flag])
+        assert instead in str(e.value), (stage, flag)
+    # curriculum.py reads every key of train.py (its sample and bits per byte included)
+    assert config_lib.unread_keys(configs["curriculum"]) == {}
+
+
+def test_the_commands_exit_2_without_a_traceback():
+    from conftest import run_script
+    for cmd, message in ((["train.py", "--lr=nan"], "lr must be a finite number, got nan"),
+                         (["train.py", "--lr=inf"], "lr must be a finite number, got inf"),
+                         (["train.py", "--weight_decay=nan"], "weight_decay must be a finite number"),
+                         (["finetune_glue.py", "--data_dir=out/data/leaner"], "use --glue_dir")):
+        bad = run_script(*cmd, check=False)
+        assert bad.returncode == 2 and message in bad.stderr and "Traceback" not in bad.stderr, bad.stderr

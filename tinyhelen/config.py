@@ -19,6 +19,15 @@ the command before any compute:
     decay: str = setting("cosine", choices=("cosine", "linear", "constant"))
     max_steps: int = setting(1000, min=1)
     lr: float = setting(1e-3, above=0)
+
+Every float must be finite: nan or inf (which would pass `above=0`, since nan compares false) is a
+ConfigError too.
+
+A stage's config may extend another's (finetune_glue's GlueConfig extends the Trainer's TrainConfig)
+and inherit keys it does not read. It lists them in a class attribute `unread_keys`, each with what
+to set instead; setting one is a ConfigError that says so, instead of a value silently ignored:
+
+    unread_keys = {"data_dir": "use --glue_dir, the folder of the Leaner-Glue task files"}
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ import ast
 import copy
 import dataclasses
 import functools
+import math
 import sys
 import types
 import typing
@@ -73,17 +83,38 @@ def _rule_problem(value, rules: dict) -> str | None:
     return None
 
 
+def _non_finite(value) -> bool:
+    """Whether value is, or holds, a float nan or inf."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, (tuple, list)):
+        return any(_non_finite(v) for v in value)
+    if isinstance(value, dict):
+        return any(_non_finite(v) for v in value.values())
+    return False
+
+
 def _check_rules(cfg, name: str, value, where: str, key: str) -> None:
+    if _non_finite(value):
+        what = "a finite number" if isinstance(value, float) else "finite numbers only"
+        raise ConfigError(f"{where}: {key} must be {what}, got {value!r}")
     f = next(f for f in dataclasses.fields(cfg) if f.name == name)
     problem = _rule_problem(value, f.metadata.get("rules", {}))
     if problem:
         raise ConfigError(f"{where}: {key} {problem}, got {value!r}")
 
 
+def unread_keys(cfg) -> dict[str, str]:
+    """{key: what to set instead} of the inherited keys a config's stage does not read."""
+    return getattr(type(cfg), "unread_keys", {})
+
+
 def valid_keys(cfg) -> list[str]:
     """Every settable key of a config instance, nested ones dotted (model.n_layer)."""
     keys = []
     for f in dataclasses.fields(cfg):
+        if f.name in unread_keys(cfg):
+            continue
         value = getattr(cfg, f.name)
         keys.append(f.name)
         if dataclasses.is_dataclass(value):
@@ -180,6 +211,11 @@ def _set(cfg, dotted: str, value, where: str, from_text: bool):
     names = {f.name for f in dataclasses.fields(cfg)}
     if head not in names:
         raise _unknown(dotted, where, cfg)
+    if head in unread_keys(cfg):
+        base = next(b.__name__ for b in type(cfg).__mro__[1:]
+                    if head in getattr(b, "__dataclass_fields__", {}))
+        raise ConfigError(f"{where}: {type(cfg).__name__} does not read {dotted}, a key it inherits from "
+                          f"{base}: {unread_keys(cfg)[head]}")
     if rest:
         inner = getattr(cfg, head)
         if not dataclasses.is_dataclass(inner):
@@ -296,8 +332,11 @@ def describe(cfg) -> str:
             name = key.rpartition(".")[2]
             rules = next(f for f in dataclasses.fields(owner) if f.name == name).metadata.get("rules", {})
             choices = f"   ({' | '.join(map(str, rules['choices']))})" if "choices" in rules else ""
-            rows.append(f"  --{key}={value}{choices}")
-    return "settings (set in a config file or as --key=value):\n" + "\n".join(rows)
+            shown = ",".join(map(str, value)) if isinstance(value, tuple) else value  # as a flag takes it
+            rows.append(f"  --{key}={shown}{choices}")
+    unread = [f"  {key}: {hint}" for key, hint in unread_keys(cfg).items()]
+    return ("settings (set in a config file or as --key=value):\n" + "\n".join(rows)
+            + ("\nnot read by this command:\n" + "\n".join(unread) if unread else ""))
 
 
 def to_dict(cfg) -> dict:
