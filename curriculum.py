@@ -51,6 +51,7 @@ from tinyhelen.config import setting
 from data.documents import Documents, PackedDocuments, packed_positions
 from data.tokens import read_meta
 from tinyhelen.scoring import score_documents, score_windows, window_batch
+from tinyhelen.pretrained import resolve
 from trainer import Trainer, TrainConfig, learning_rate
 
 STRATEGIES = ("random", "sentence_length", "self_loss", "reference_loss", "full_repeated", "full_random",
@@ -162,7 +163,7 @@ class Curriculum:
             return np.random.default_rng([cfg.seed, 7]).permutation(len(self.docs)).astype(np.float64)
         if s == "sentence_length":
             return sentence_lengths(self.docs, self.tokenizer)
-        model = self.model if s == "self_loss" else load_model(cfg.reference, str(self.machine.device))[0]
+        model = self.model if s == "self_loss" else load_model(resolve(cfg.reference), str(self.machine.device))[0]
         return score_documents(model, self.docs, None, cfg.seq_len, cfg.score_batch_tokens, self.machine)
 
     def _new_order(self) -> np.ndarray:
@@ -343,7 +344,7 @@ def check_reference(cfg: CurriculumConfig, meta: dict) -> None:
     if cfg.strategy != "reference_loss":
         return
     from tinyhelen.checkpoint import load_checkpoint
-    ckpt = load_checkpoint(cfg.reference)
+    ckpt = load_checkpoint(resolve(cfg.reference))
     theirs = ckpt.get("data_meta", {})
     if theirs and (theirs.get("tokenizer_name"), theirs.get("vocab_size")) != (meta.get("tokenizer_name"),
                                                                              meta.get("vocab_size")):

@@ -30,6 +30,7 @@ from tinyhelen import machine as machine_lib
 from tinyhelen.checkpoint import CheckpointError, load_checkpoint
 from tinyhelen.config import setting
 from tinyhelen.runs import is_transformers_folder, load_run
+from tinyhelen.pretrained import resolve
 from data.corpus import CORPORA, GENRES, SPLITS
 
 
@@ -140,7 +141,7 @@ def evaluate(cfg: EvalConfig) -> dict:
     texts_by_genre = read_texts(cfg.data, cfg.corpus, cfg.split, genre_names(cfg.genres))
     device = machine_lib.setup(cfg.device, "fp32", distributed=False).device
     model, tokenizer, _ = load_run(cfg.out_dir, device)
-    seq_len = cfg.seq_len or trained_seq_len(cfg.out_dir, model)
+    seq_len = cfg.seq_len or trained_seq_len(resolve(cfg.out_dir), model)
     echo = lambda line: print(line, flush=True)  # noqa: E731
     summary = score_texts(model, tokenizer, texts_by_genre, seq_len, cfg.batch_size, device,
                           cfg.max_tokens_per_genre, echo)

@@ -33,6 +33,7 @@ from tinyhelen import interop_gguf
 from tinyhelen.atomic import atomic_write_json
 from tinyhelen.checkpoint import CheckpointError, load_model
 from tinyhelen.runs import EXPORT_META, EXPORT_TOKENIZER, load_tokenizer_from
+from tinyhelen.pretrained import resolve
 
 
 @dataclass
@@ -69,7 +70,7 @@ def end_of_text_id(meta: dict, tokenizer, why: str, vocab_size: int) -> int | No
 
 
 def export(cfg: ExportConfig) -> Path:
-    out_dir = Path(cfg.out_dir)
+    out_dir = Path(resolve(cfg.out_dir))  # a short name or a .gguf file: its imported run folder
     run_dir = out_dir.parent if out_dir.suffix == ".pt" else out_dir
     model, ckpt = load_model(out_dir)
     meta = ckpt.get("data_meta") or {}

@@ -48,6 +48,7 @@ from tinyhelen.atomic import atomic_write_json
 from tinyhelen.checkpoint import CheckpointError, atomic_torch_save, build_model, load_checkpoint, \
     model_config_from_dict
 from tinyhelen.config import setting
+from tinyhelen.pretrained import resolve
 from model_llama import Llama, LlamaConfig
 
 
@@ -289,7 +290,7 @@ def inherit(cfg: InheritConfig) -> Path:
 
 def _inherit(cfg: InheritConfig) -> Path:
     tgt = read_target(cfg.to)
-    ckpt = load_checkpoint(cfg.source)
+    ckpt = load_checkpoint(resolve(cfg.source))
     src_cfg = model_config_from_dict(ckpt["config"]["model"])
     # before any compute: a target that cannot be cut stops here
     check_target(src_cfg, tgt, src_cfg.vocab_size if isinstance(src_cfg, LlamaConfig) else 0)

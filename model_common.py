@@ -91,14 +91,15 @@ class LanguageModel(nn.Module):
         return sum(p.numel() for p in params.values())
 
     def generate(self, idx: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
-                 top_k: int | None = None, top_p: float | None = None, eot_id: int | None = None,
+                 top_k: int | None = None, top_p: float | None = None, eot_id: int | list[int] | None = None,
                  generator: torch.Generator | None = None,
                  left_pad: torch.Tensor | None = None) -> torch.Tensor:
         """idx (B, T) prompt -> (B, T + n) with n <= max_new_tokens new tokens (tinyhelen/sampling.py's
         temperature / top-k / top-p; temperature 0 is greedy).
 
-        The prompt runs once (prefill), then one token per step (decode). With eot_id, a row that
-        has produced it is padded with eot_id, and generation stops early once every row has.
+        The prompt runs once (prefill), then one token per step (decode). With eot_id (one id, or
+        several: a chat model also ends a turn with its end-of-turn token), a row that has produced
+        one is padded with the first, and generation stops early once every row has.
         Prompts of different lengths share a batch left-padded (pad_left): left_pad (B,) counts each
         row's padding, which no real token sees and which leaves each row's positions (Llama) and
         state (Mamba) as if it were alone, so every row generates what it would one at a time."""
@@ -118,13 +119,15 @@ class LanguageModel(nn.Module):
             logits, state = self.prefill(idx, max_new_tokens, left_pad)
             out = [idx]
             done = torch.zeros(B, 1, dtype=torch.bool, device=idx.device)
+            stops = None if eot_id is None else torch.tensor(
+                [eot_id] if isinstance(eot_id, int) else list(eot_id), device=idx.device)
             for step in range(max_new_tokens):
                 nxt = sample_next_token(logits, temperature, top_k, top_p, generator)
-                if eot_id is not None:
-                    nxt = nxt.masked_fill(done, eot_id)
-                    done |= nxt == eot_id
+                if stops is not None:
+                    nxt = nxt.masked_fill(done, int(stops[0]))
+                    done |= torch.isin(nxt, stops)
                 out.append(nxt)
-                if step == max_new_tokens - 1 or (eot_id is not None and bool(done.all())):
+                if step == max_new_tokens - 1 or (stops is not None and bool(done.all())):
                     break
                 logits, state = self.decode(nxt[:, 0], T + step, state)
             tokens = torch.cat(out, dim=1)

@@ -41,15 +41,15 @@ def generate_texts(cfg: SampleConfig) -> list[str]:
     prompt_ids = [tokenizer.eot_id] + tokenizer.encode(cfg.prompt)
     idx = torch.tensor([prompt_ids] * cfg.num_samples, device=device)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
+    # An imported chat model also ends a turn with its end-of-turn token (tokenizer.stop_ids).
+    stops = getattr(tokenizer, "stop_ids", [tokenizer.eot_id])
     out = model.generate(idx, cfg.max_new_tokens, temperature=cfg.temperature, top_k=cfg.top_k or None,
-                         top_p=cfg.top_p if cfg.top_p < 1 else None, eot_id=tokenizer.eot_id,
-                         generator=generator)
+                         top_p=cfg.top_p if cfg.top_p < 1 else None, eot_id=stops, generator=generator)
     texts = []
     for row in out.tolist():
         new = row[len(prompt_ids):]
-        if tokenizer.eot_id in new:
-            new = new[:new.index(tokenizer.eot_id)]
-        texts.append(cfg.prompt + tokenizer.decode(new))
+        end = next((i for i, t in enumerate(new) if t in stops), len(new))
+        texts.append(cfg.prompt + tokenizer.decode(new[:end]))
     return texts
 
 

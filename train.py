@@ -23,6 +23,7 @@ from tinyhelen import machine as machine_lib
 from tinyhelen import runlock
 from tinyhelen.atomic import atomic_write_json
 from tinyhelen.checkpoint import CheckpointError
+from tinyhelen.pretrained import resolve
 from data.tokens import TokenBatches, open_tokens, read_meta
 from trainer import Trainer, TrainConfig, learning_rate  # noqa: F401  (learning_rate: used by tests)
 
@@ -79,7 +80,7 @@ def check_same_tokenizer(cfg: TrainConfig, meta: dict) -> None:
     if not cfg.init_from:
         return
     from tinyhelen.checkpoint import load_checkpoint
-    path = Path(cfg.init_from)
+    path = Path(resolve(cfg.init_from))
     if not path.exists() or path.is_dir() and not (path / "ckpt.pt").is_file():
         return  # missing (the Trainer says so) or a transformers folder: no tokenizer record to compare
     source_meta = load_checkpoint(path).get("data_meta", {})

@@ -53,6 +53,7 @@ from tinyhelen.checkpoint import atomic_torch_save, build_model, load_checkpoint
     model_config_from_dict, rng_state, set_rng_state
 from tinyhelen.config import setting
 from tinyhelen.metrics import MetricsLog, measure_peak_flops, plot_losses
+from tinyhelen.pretrained import resolve
 from model_llama import LlamaConfig
 
 
@@ -190,7 +191,7 @@ class Trainer:
             if cfg.init_from and model is None:  # the architecture came with the init_from weights
                 cfg = dataclasses.replace(cfg, model=model_config_from_dict(ckpt["config"]["model"]))
         elif cfg.init_from:
-            source = load_source(cfg.init_from)
+            source = load_source(resolve(cfg.init_from))  # a short name or .gguf: its imported run
             if model is None:  # the architecture comes with the weights
                 cfg = dataclasses.replace(cfg, model=source.model_config)
         self.cfg = cfg

@@ -32,6 +32,7 @@ from tinyhelen.atomic import atomic_write_bytes
 EOT = "<|endoftext|>"
 GPT2K_NAME = "gpt-2K"
 FORMAT = "tinyhelen-bpe-v1"
+PRETRAINED_KIND = "pretrained"  # a pretrained model's own tokenizer (PretrainedTokenizer, below)
 # GPT-2's pre-tokenizer split: the same pattern tokenizers' ByteLevel(use_regex=True) applies.
 GPT2_SPLIT = r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
 REPLACEMENT = "\ufffd"
@@ -154,6 +155,8 @@ class Tokenizer:
             return cls.cl100k()
         if data.get("kind") == "compact":
             return cls.from_compact_file(data, path)
+        if data.get("kind") == PRETRAINED_KIND:
+            return PretrainedTokenizer.from_file_data(data, path)
         if data.get("pattern", GPT2_SPLIT) != GPT2_SPLIT:
             raise ValueError(f"{path}: its pre-tokenizer pattern differs from GPT-2's, which this code uses")
         tok = cls.from_merges(data["merges"], name=data.get("name", GPT2K_NAME))
@@ -268,8 +271,148 @@ def _load_cl100k() -> tiktoken.Encoding:
     return tiktoken.Encoding(**spec)
 
 
-def load_tokenizer(spec: str | os.PathLike) -> Tokenizer:
-    """A saved tokenizer file (gpt-2K or compact), or the name "cl100k_base"."""
+def load_tokenizer(spec: str | os.PathLike) -> "Tokenizer | PretrainedTokenizer":
+    """A saved tokenizer file (gpt-2K, compact or a pretrained model's), or the name "cl100k_base"."""
     if str(spec) == "cl100k_base":
         return Tokenizer.cl100k()
     return Tokenizer.load(spec)
+
+
+# ------------------------------------------------------------------------- a pretrained model's own
+
+class PretrainedTokenizer:
+    """The tokenizer of a pretrained model imported by tinyhelen/pretrained.py (SmolLM2's 49,152-id
+    byte-level BPE, say), behind Tokenizer's interface: encode, encode_batch, decode, token_bytes,
+    eot_id, vocab_size, name; plus the model's chat template (chat_prompt, encode_chat).
+
+    Why `tokenizers` runs it and not tiktoken: an imported model must see exactly the ids it was
+    trained on, and tiktoken's data model (every byte a token, one split regex, a token's id its
+    merge priority) cannot hold every model's tokenizer. SmolLM2's it cannot: 21 of the 256 bytes
+    have no token (control characters such as \\x04; `tokenizers` drops them, tiktoken has no way
+    to), and its pre-tokenizer isolates every digit before GPT-2's split, which changes how the
+    whitespace before a digit is cut. So the model's own `tokenizers.Tokenizer` (the library
+    transformers' fast tokenizers are) does the work, built from the model file's vocabulary,
+    merges and pre-tokenizer.
+
+    ids are the model's own, special tokens included (SmolLM2: 0 <|endoftext|>, 1 <|im_start|>,
+    2 <|im_end|>). eot_id is the end-of-text the engine joins documents with and starts prompts
+    from (tinyhelen/pretrained.py picks the one the model was pre-trained with between documents);
+    stop_ids are every id that ends a reply (the eot and the model's eos: <|im_end|> for a chat model).
+    Like Tokenizer.encode, encode treats special-token text inside a text as ordinary text; only
+    encode_chat turns the chat template's markers into their ids.
+    """
+
+    compact = None  # not a compact tokenizer (inherit.py and the exporters check this)
+
+    def __init__(self, backend, name: str, eot_id: int, stop_ids: Sequence[int] = (),
+                 chat_template: str = "", template_tokens: dict | None = None):
+        self.backend = backend  # a tokenizers.Tokenizer
+        self.name = name
+        self.eot_id = int(eot_id)
+        self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
+        self.stop_ids = sorted({self.eot_id, *map(int, stop_ids)})
+        self.chat_template = chat_template
+        self.template_tokens = dict(template_tokens or {})  # bos_token / eos_token text, for the template
+        # text -> id of every special token (the added tokens marked special)
+        self.special_tokens = {t.content: i for i, t in backend.get_added_tokens_decoder().items() if t.special}
+        if not 0 <= self.eot_id < self.vocab_size or any(not 0 <= i < self.vocab_size for i in self.stop_ids):
+            raise ValueError(f"{name}: eot id {eot_id} or stop ids {list(stop_ids)} outside its "
+                             f"{self.vocab_size} ids")
+        backend.encode_special_tokens = True  # encode(): "<|endoftext|>" in a text is ordinary text
+
+    def __repr__(self) -> str:
+        return f"PretrainedTokenizer(name={self.name!r}, vocab_size={self.vocab_size}, eot_id={self.eot_id})"
+
+    # ---- encoding and decoding (Tokenizer's contract) ---------------------------------------------
+    def encode(self, text: str) -> list[int]:
+        return self.backend.encode(text, add_special_tokens=False).ids
+
+    def encode_batch(self, texts: Sequence[str], num_threads: int = 2) -> list[list[int]]:
+        """num_threads is Tokenizer's signature; `tokenizers` spreads a batch over its own thread
+        pool (RAYON_NUM_THREADS sets its size)."""
+        return [e.ids for e in self.backend.encode_batch(list(texts), add_special_tokens=False)]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        """ids -> text, special tokens written out; never raises on model output: bytes that are not
+        valid UTF-8 become U+FFFD, and so does an id outside the vocabulary (Tokenizer.decode's rule)."""
+        pieces, run = [], []
+        for i in map(int, ids):
+            if 0 <= i < self.vocab_size:
+                run.append(i)
+                continue
+            pieces += [self.backend.decode(run, skip_special_tokens=False), REPLACEMENT]
+            run = []
+        pieces.append(self.backend.decode(run, skip_special_tokens=False))
+        return "".join(pieces)
+
+    def token_bytes(self, token_id: int) -> bytes:
+        token = self.backend.id_to_token(token_id)
+        if token in self.special_tokens:
+            return token.encode("utf-8")
+        decoder = {ch: b for b, ch in gpt2_byte_to_unicode().items()}
+        return _printable_to_bytes(token, decoder)  # byte-level BPE: one printable character a byte
+
+    @property
+    def merges(self):
+        raise ValueError(f"{self.name} is a pretrained tokenizer: its merges are not stored as ids here")
+
+    # ---- the chat template ----------------------------------------------------------------------
+    def chat_prompt(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> str:
+        """[{"role": "user", "content": "..."}, ...] -> the prompt text the model was tuned on, by its
+        own chat template (jinja2 in a sandbox with transformers' settings, so the text is the same)."""
+        if not self.chat_template:
+            raise ValueError(f"{self.name} has no chat template: prompt it with plain text")
+        from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+        def raise_exception(message):
+            raise ValueError(f"{self.name}'s chat template: {message}")
+        env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+        env.globals["raise_exception"] = raise_exception
+        return env.from_string(self.chat_template).render(
+            messages=list(messages), add_generation_prompt=add_generation_prompt, **self.template_tokens)
+
+    def encode_chat(self, messages: Sequence[dict], add_generation_prompt: bool = True) -> list[int]:
+        """chat_prompt's text -> ids, its special-token markers (<|im_start|>...) as their own ids and
+        the text between them encoded as usual: what transformers' apply_chat_template(tokenize=True) gives."""
+        import re
+        text = self.chat_prompt(messages, add_generation_prompt)
+        markers = sorted(self.special_tokens, key=len, reverse=True)  # longest first: no prefix wins
+        ids = []
+        for piece in re.split("(" + "|".join(map(re.escape, markers)) + ")", text) if markers else [text]:
+            ids += [self.special_tokens[piece]] if piece in self.special_tokens else self.encode(piece)
+        return ids
+
+    # ---- files ----------------------------------------------------------------------------------
+    def save(self, path: str | os.PathLike) -> None:
+        """One JSON file, written atomically: our header, then the whole `tokenizers` definition."""
+        head = {"format": FORMAT, "kind": PRETRAINED_KIND, "name": self.name, "vocab_size": self.vocab_size,
+                "eot_id": self.eot_id, "stop_ids": self.stop_ids, "template_tokens": self.template_tokens,
+                "chat_template": self.chat_template}
+        lines = [f" {json.dumps(k)}: {json.dumps(v)}" for k, v in head.items()]
+        lines.append(f' "tokenizer": {self.backend.to_str()}')
+        atomic_write_bytes(Path(path), ("{\n" + ",\n".join(lines) + "\n}\n").encode("utf-8"))
+
+    @classmethod
+    def from_file_data(cls, data: dict, path: Path) -> "PretrainedTokenizer":
+        from tokenizers import Tokenizer as HFTokenizer
+        try:
+            backend = HFTokenizer.from_str(json.dumps(data["tokenizer"]))
+            tok = cls(backend, data["name"], data["eot_id"], data.get("stop_ids", ()),
+                      data.get("chat_template", ""), data.get("template_tokens"))
+        except Exception as e:  # KeyError, TypeError, ValueError, or tokenizers' own Exception
+            raise ValueError(f"{path}: a malformed pretrained tokenizer file ({type(e).__name__}: {e})") from None
+        if tok.vocab_size != data.get("vocab_size"):
+            raise ValueError(f"{path}: vocab_size {data.get('vocab_size')} in the file, {tok.vocab_size} "
+                             f"in its tokenizer")
+        return tok
+
+    def hf_fast(self):
+        """A copy of the backend as export.py writes it (tinyhelen/interop.hf_fast_tokenizer): the
+        end-of-text put first when special tokens are asked for, as sample.py starts prompts."""
+        from tokenizers import Tokenizer as HFTokenizer, processors
+        hf = HFTokenizer.from_str(self.backend.to_str())
+        eot = self.backend.id_to_token(self.eot_id)
+        hf.post_processor = processors.TemplateProcessing(
+            single=f"{eot} $A", pair=f"{eot} $A {eot} $B:1", special_tokens=[(eot, self.eot_id)])
+        hf.encode_special_tokens = True
+        return hf

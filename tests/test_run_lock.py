@@ -118,6 +118,19 @@ def test_reentrant_in_one_process_and_released_by_the_last_holder(tmp_path):
     assert not (run / runlock.LOCK_NAME).exists() and (run / "ckpt.pt").is_file()
 
 
+def test_a_lock_that_was_never_used_leaves_no_folders_behind(tmp_path):
+    """A stage that stops before writing (a bad flag found after the lock) leaves the disk as it was:
+    the run folder and every parent the lock created are removed, a folder that was there stays."""
+    (tmp_path / "kept").mkdir()
+    with runlock.hold(tmp_path / "kept" / "new" / "run"):
+        assert (tmp_path / "kept" / "new" / "run" / runlock.LOCK_NAME).is_file()
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["kept"]
+    with runlock.hold(tmp_path / "kept" / "used" / "run"):
+        (tmp_path / "kept" / "used" / "run" / "ckpt.pt").write_bytes(b"x")
+    assert (tmp_path / "kept" / "used" / "run" / "ckpt.pt").is_file()
+    assert not (tmp_path / "kept" / "used" / "run" / runlock.LOCK_NAME).exists()
+
+
 def test_other_ranks_take_no_lock(tmp_path, monkeypatch):
     monkeypatch.setenv("RANK", "1")
     with runlock.hold(tmp_path / "run"):

@@ -66,7 +66,9 @@ def test_sample_py_reads_the_export_as_it_reads_the_run(trained):
         run_script("sample.py", f"--out_dir={run}", *flags).stdout
 
 
-def test_a_run_without_a_tokenizer_is_a_checkpoint_error(trained, leaner_small, tmp_path):
+def test_a_run_without_a_tokenizer_is_a_checkpoint_error(trained, leaner_small, tmp_path, monkeypatch):
+    from tinyhelen import pretrained
+    monkeypatch.setenv(pretrained.CACHE_ENV, str(tmp_path / "imported"))  # no import lands in the repo's out/
     run, _ = trained
     bare = tmp_path / "bare"
     bare.mkdir()
@@ -78,15 +80,18 @@ def test_a_run_without_a_tokenizer_is_a_checkpoint_error(trained, leaner_small, 
     # a stage that takes --tokenizer names one instead: here the prepared data folder
     model, tok, meta = load_run(bare, tokenizer=str(leaner_small))
     assert tok.encode(TEXT) == load_tokenizer_from(run).encode(TEXT) and meta["eot_id"] == tok.eot_id
-    # a transformers folder that export.py did not write carries no tokenizer of ours (its own
-    # tokenizer.json, if any, is transformers' format) and no meta
+    # a transformers folder that export.py did not write carries no tokenizer of ours and no meta
     plain = tmp_path / "plain"
     interop.save_hf(model, plain)
-    (plain / "tokenizer.json").write_text("{}")
     with pytest.raises(CheckpointError, match="tinyhelen_tokenizer.json"):
         load_run(plain)
     _, tok2, meta2 = load_run(plain, tokenizer=str(run / "tokenizer.json"))
     assert meta2 == {} and tok2.encode(TEXT) == tok.encode(TEXT)
+    # with a tokenizer.json of its own it is a model saved by transformers, imported with that tokenizer
+    # (tinyhelen/pretrained.py): one that is not a fast tokenizer says so
+    (plain / "tokenizer.json").write_text("{}")
+    with pytest.raises(CheckpointError, match="is not a transformers fast tokenizer"):
+        load_run(plain)
     # and the commands say so, with exit code 2 and no traceback
     bad = run_script("sample.py", f"--out_dir={bare}", "--device=cpu", check=False)
     assert bad.returncode == 2 and "no tokenizer found" in bad.stderr and "Traceback" not in bad.stderr

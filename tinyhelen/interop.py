@@ -136,7 +136,9 @@ def hf_fast_tokenizer(tokenizer):
     pattern, tiktoken's whole-piece lookup (ignore_merges), and the end-of-text as a special token
     that the post-processor puts first (as sample.py does) when special tokens are asked for."""
     from tokenizers import Regex, Tokenizer as HFTokenizer, decoders, models, pre_tokenizers, processors
-    from data.tokenizer import gpt2_byte_to_unicode
+    from data.tokenizer import PretrainedTokenizer, gpt2_byte_to_unicode
+    if isinstance(tokenizer, PretrainedTokenizer):  # an imported model's: already a `tokenizers` one
+        return tokenizer.hf_fast()
     to_char = gpt2_byte_to_unicode()
     printable = lambda b: "".join(to_char[x] for x in b)  # noqa: E731
     specials = dict(tokenizer._enc._special_tokens)
@@ -185,7 +187,8 @@ def _regular_tokens(tokenizer) -> dict[bytes, int]:
 
 
 def _eot_text(tokenizer) -> str:
-    return next(t for t, i in tokenizer._enc._special_tokens.items() if i == tokenizer.eot_id)
+    specials = getattr(tokenizer, "special_tokens", None) or tokenizer._enc._special_tokens  # PretrainedTokenizer's
+    return next(t for t, i in specials.items() if i == tokenizer.eot_id)
 
 
 # ---------------------------------------------------------------------------------- Llama

@@ -40,7 +40,12 @@ class GGUFFormatError(ValueError):
 
 def save_gguf(model, tokenizer, path: str | os.PathLike) -> None:
     import gguf
+    from data.tokenizer import PretrainedTokenizer
     from model_llama import Llama
+    if isinstance(tokenizer, PretrainedTokenizer):
+        raise GGUFFormatError(f"the run's tokenizer is {tokenizer.name}, an imported model's: GGUF export "
+                              "supports gpt-2K tokenizers only; the GGUF the model came from is in its "
+                              "pretrained.json, and export.py without --gguf writes the transformers folder")
     if tokenizer.compact is not None or tokenizer.name == "cl100k_base":
         raise GGUFFormatError(f"the run's tokenizer is {tokenizer.name}: GGUF export supports gpt-2K "
                               "tokenizers only (llama.cpp has GPT-2's pre-tokenizer, not cl100k_base's "

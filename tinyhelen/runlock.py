@@ -151,6 +151,7 @@ class RunLock:
         self.holders = 0
         self.record = None       # what we wrote: how we know the file is still ours
         self.created_folder = False
+        self.created_top = None  # the highest of the folders it created
         self._stop = threading.Event()
         self._heartbeat = None
 
@@ -194,6 +195,9 @@ class RunLock:
         if self.folder.exists() and not self.folder.is_dir():
             raise ConfigError(f"{self.folder} is a file, not a run folder: give another --out_dir")
         if not self.folder.exists():
+            # the highest folder this creates, so that release() leaves no empty parents behind either
+            missing = [self.folder, *(p for p in self.folder.parents if not p.exists())]
+            self.created_top = missing[-1]
             self.folder.mkdir(parents=True, exist_ok=True)
             self.created_folder = True
         for _ in range(10):  # each pass either takes the lock, stops, or saw the file change under it
@@ -262,7 +266,10 @@ class RunLock:
             self.path.unlink(missing_ok=True)
         if self.created_folder:
             with contextlib.suppress(OSError):  # not empty: the run wrote into it, which is what stays
-                self.folder.rmdir()
+                for folder in (self.folder, *self.folder.parents):
+                    folder.rmdir()
+                    if folder == self.created_top:
+                        break
         _held.pop(_key(self.folder), None)
 
     def __enter__(self):

@@ -32,6 +32,7 @@ from pathlib import Path
 import torch
 
 from tinyhelen.checkpoint import CheckpointError, build_model, load_source
+from tinyhelen.pretrained import resolve
 
 EXPORT_TOKENIZER = "tinyhelen_tokenizer.json"  # the run's own tokenizer file, kept in an export
 EXPORT_META = "tinyhelen_meta.json"            # the run's data meta, kept in an export
@@ -43,7 +44,7 @@ def load_run(path: str | os.PathLike, device: str | torch.device = "cpu", tokeni
     """(model in eval mode on device, its tokenizer, its data meta) from a run folder, a ckpt.pt or a
     transformers folder. tokenizer, when given, is where to take the tokenizer from instead of the run
     (any spec load_tokenizer_from reads): for a transformers folder that carries none."""
-    path = Path(path)
+    path = Path(resolve(path))  # a short name or a .gguf file: its imported run folder
     if not path.exists():
         raise CheckpointError(f"{path} does not exist: give a run folder (holding ckpt.pt), a ckpt.pt file "
                               f"or a transformers folder (holding config.json)")
