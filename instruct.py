@@ -7,13 +7,17 @@
                                 --out=out/answers/leaner.jsonl
     python instruct.py judge --answers=out/answers/leaner.jsonl,out/answers/ori.jsonl --out=out/judge.jsonl
     python instruct.py report --answers=... --judgements=out/judge.jsonl --out_dir=out/instruct_report
+    python instruct.py score --rows=out/answers/leaner.jsonl --out=out/scores/leaner.jsonl [--model=smollm2-135m]
+    python instruct.py validate --out_dir=out/answer_validity [--pairs=20] [--judge=true]
 
 train runs the shared Trainer (trainer.py) on instruction rows formatted as the release does,
 `### TASK INPUT:\\n{instruction}[\\n{input}]\\n\\n### RESPONSE:\\n{output}` then end-of-text, the loss
 on the response only (--loss_on=response, the default) or on every token (--loss_on=all, as the
 reference did); config, checkpoints, --resume and metrics are train.py's. tinyhelen/instruct_data.py has the
 converters, the held-out check and the batches; tinyhelen/judge.py the judging, tinyhelen/judge_report.py
-its agreement, the model-free measures and the report.
+its agreement, the model-free measures and the report. score and validate are the measures that
+score each answer alone with an imported LLM (tinyhelen/answer_scores.py) and their validity on
+contrasts whose right order is known (tinyhelen/answer_validity.py).
 
 generate answers any file of {"question": ...} rows (Leaner-Eval's all.jsonl or its split files) in
 batches of prompts of different lengths, left-padded (model_common.generate), greedy by default.
@@ -270,9 +274,11 @@ COMMANDS = {"convert": (run_convert, ConvertConfig), "train": (instruction_tune,
 
 
 def _commands():
-    from tinyhelen import judge, judge_report
+    from tinyhelen import answer_scores, answer_validity, judge, judge_report
     return {**COMMANDS, "judge": (judge.run_judge, judge.JudgeConfig),
-            "report": (judge_report.run_report, judge_report.ReportConfig)}
+            "report": (judge_report.run_report, judge_report.ReportConfig),
+            "score": (answer_scores.run_score, answer_scores.ScoreConfig),
+            "validate": (answer_validity.run_validate, answer_validity.ValidateConfig)}
 
 
 def main(argv=None) -> None:

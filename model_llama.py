@@ -250,18 +250,21 @@ class Llama(LanguageModel):
                       left_pad: torch.Tensor | None = None):
         """idx (B, T) -> final-normed hidden states (B, T, D); positions start at start_pos. With
         left_pad (B,), row b's first left_pad[b] tokens are padding: its real tokens take positions
-        0, 1, ... and never attend to the padding (each pad token sees only itself, so it stays finite)."""
+        0, 1, ... and never attend to the padding (each pad token sees only itself, so it stays finite).
+        A left-padded batch may continue its kv_cache (start_pos > 0): idx then fills slots
+        start_pos.. of every row, after the row's padding and real tokens already cached."""
         T = idx.size(1)
         if start_pos + T > self.config.max_seq_len:
             raise ValueError(f"positions {start_pos}..{start_pos + T - 1} exceed max_seq_len "
                              f"{self.config.max_seq_len}")
         rope, mask = self.rope_table[start_pos:start_pos + T], None
         if left_pad is not None:
-            t = torch.arange(T, device=idx.device)
+            t = torch.arange(start_pos, start_pos + T, device=idx.device)  # the slots of these queries
+            s = torch.arange(start_pos + T, device=idx.device)             # every key slot so far
             rope = self.rope_table[(t - left_pad[:, None]).clamp(min=0)]  # (B, T, 1, Dh/2, 2)
-            real_key = t >= left_pad[:, None]                              # (B, T)
-            itself = torch.eye(T, dtype=torch.bool, device=idx.device)
-            mask = ((t[:, None] >= t) & real_key[:, None, :] | itself)[:, None]   # (B, 1, T, T)
+            real_key = s >= left_pad[:, None]                              # (B, S)
+            itself = s == t[:, None]                                       # (T, S)
+            mask = ((s <= t[:, None]) & real_key[:, None, :] | itself)[:, None]   # (B, 1, T, S)
         x = self.tok_emb(idx)
         for i, block in enumerate(self.blocks):
             x = block(x, rope, i, kv_cache, start_pos, mask)

@@ -19,6 +19,8 @@ inherit.py) sit at the repository root, where a reader starts. This package hold
     glue_report   tables, gaps and charts over fine-tuning sweeps
     instruct_data instruction sets: converters, batches, the held-out leak check
     judge         the LLM judge;  judge_report: its agreement statistics, model-free measures, report
+    answer_scores each answer alone under an imported LLM: fluency, relevance, expected rubric grades
+    answer_validity  contrast sets with a known right order, each measure's accuracy on them
     llm/          the one LLM client: OpenAI-compatible chat, the embedded llama.cpp server, the cache
 
 Nothing here imports an entry script or a study (tests/test_layout.py checks it, with import cycles).
