@@ -4,11 +4,29 @@
         [--layers=ends|importance] [--criterion=l2|taylor|random] [--tokenizer=compact.json]
     python train.py configs/small.py --init_from=out/small_inherited --out_dir=out/small_run
 
+From a pretrained LLM (SmolLM2-135M, imported once by tinyhelen/pretrained.py) with its vocabulary
+cut to the ids leaner text uses:
+    python data/prepare.py --tokenizer=compact-smollm2:4000 --out_dir=out/data/leaner_smollm2_4k
+    python inherit.py --from=smollm2-135m --to=configs/smollm2_child.py --out_dir=out/smollm2_child \
+        --tokenizer=out/data/leaner_smollm2_4k/tokenizer.json --criterion=taylor
+    python train.py configs/smollm2_child.py --init_from=out/smollm2_child
+
 The recipe of "Rethinking Optimization and Architecture for Tiny Language Models": keep some of the
 layers of the large model, and inside each kept layer the most important attention heads and FFN
 neurons, and the most important hidden channels everywhere; the small model starts from those
 weights instead of from noise. --to names a config file whose `model` is the target LlamaConfig
 (as configs/demo_llama.py writes it); every size must be at most the source's.
+
+Which shapes can be cut. Heads are kept whole, so the head dim (n_embd / n_head) is the source's;
+hidden channels are chosen on their own, and the engine's Llama has n_embd = n_head x head dim, so
+the target's width is fixed by its head count: n_embd = n_head x the source's head dim. Query heads
+stay with their key/value head, so n_head / n_kv_head is at most the source's. rope_theta and
+norm_eps are the source's; a tied source may give an untied target (the head starts as a copy of the
+embedding rows), an untied one cannot give a tied target. From SmolLM2 (head dim 64, 9 query heads
+over 3 kv heads, groups of 3, width 576, 30 layers, FFN 1,536): n_embd = 64 x n_head with (n_head,
+n_kv_head) one of (1,1) (2,1) (3,1) (2,2) (4,2) (6,2) (3,3) (6,3) (9,3); any n_layer <= 30 and
+ffn_hidden <= 1,536; rope_theta 100,000. The paper's 14M shape (width 336, 8 heads of 42) cannot
+be cut from it; the nearest are width 384 with 6 heads over 2 or 3 kv heads, or 256 with 4 over 2.
 
 Layers: `ends` keeps the first ceil(n/2) and the last floor(n/2) layers (the paper finds the ends
 matter most); `importance` keeps the layers whose removal raises the loss on a few real batches
@@ -25,7 +43,12 @@ chosen first (by their own score plus their query heads'), then the query heads 
 group. Kept units keep their order.
 
 With --tokenizer=FILE (a compact tokenizer cut from the source's tokenizer, data/compact_tokenizer.py)
-the embedding and head rows are those of the compact ids' base ids.
+the embedding and head rows are those of the compact ids' base ids (SmolLM2's head is its embedding).
+
+Real batches (taylor, importance) are the source's own kind of text in the source's own tokens: the
+validation split of the source run's data_dir, or of --data_dir (prepared with the source's
+tokenizer: python data/prepare.py --tokenizer=SOURCE/tokenizer.json); an imported LLM has no data_dir,
+so the leaner validation text under --data_root is tokenized with its tokenizer as it is read.
 
 The result is a normal run folder: ckpt.pt (step 0, no optimizer), the tokenizer, inherit.json (what
 was kept); sample.py, evaluate.py, export.py and train.py --init_from accept it.
@@ -35,6 +58,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import shutil
 import sys
 from dataclasses import dataclass, field
@@ -51,6 +75,8 @@ from tinyhelen.config import setting
 from tinyhelen.pretrained import resolve
 from model_llama import Llama, LlamaConfig
 
+REPO = Path(__file__).resolve().parent
+
 
 class InheritError(ValueError):
     """A target that cannot be cut from the source: the message says why and what to change."""
@@ -65,9 +91,10 @@ class InheritConfig:
     criterion: str = setting("l2", choices=("l2", "taylor", "random"))
     tokenizer: str = ""       # a compact tokenizer cut from the source's: map embedding/head rows
     data_dir: str = ""        # batches for taylor / importance ("": the source run's data_dir)
+    data_root: str = ""       # no data_dir: leaner validation text from here ("": ../shared/data/tinyhelen)
     batches: int = setting(4, min=1)
     batch_size: int = setting(8, min=1)
-    seq_len: int = setting(0, min=0)   # 0: the source run's
+    seq_len: int = setting(0, min=0)   # 0: the source run's, at most 256
     seed: int = 0             # for criterion=random
 
 
@@ -92,24 +119,32 @@ def check_target(src: LlamaConfig, tgt, vocab_size: int) -> LlamaConfig:
         raise InheritError(f"inheritance works within the Llama family: the source is a "
                            f"{type(src).__name__}, the target a {type(tgt).__name__}; give a target "
                            f"model = LlamaConfig(...) and a Llama source run")
+    dh, group = src.n_embd // src.n_head, src.n_head // src.n_kv_head
+    # what every message ends with: what can be cut from this source (the module docstring's rule)
+    supported = (f"the source has n_layer={src.n_layer}, n_head={src.n_head} over n_kv_head={src.n_kv_head} "
+                 f"of dim {dh}, n_embd={src.n_embd}, ffn_hidden={src.ffn_hidden}; a target can have at most "
+                 f"those, n_embd = {dh} x n_head (heads are kept whole) and at most {group} query heads "
+                 f"per kv head")
     sizes = ("n_layer", "n_embd", "n_head", "n_kv_head", "ffn_hidden")
     larger = [f"{k} {getattr(tgt, k)} > {getattr(src, k)}" for k in sizes
               if getattr(tgt, k) > getattr(src, k)]
     if larger:
         raise InheritError(f"the target is larger than the source ({', '.join(larger)}): a model can only "
-                           f"inherit from a larger one; shrink those sizes in the --to config")
-    if tgt.n_embd // tgt.n_head != src.n_embd // src.n_head:
-        raise InheritError(f"head dim differs: the source's is {src.n_embd // src.n_head}, the target's "
-                           f"n_embd/n_head = {tgt.n_embd // tgt.n_head}; heads are kept whole, so set "
-                           f"n_head = n_embd / {src.n_embd // src.n_head}")
-    if tgt.n_head // tgt.n_kv_head > src.n_head // src.n_kv_head:
+                           f"inherit from a larger one; {supported}")
+    if tgt.n_embd // tgt.n_head != dh:
+        raise InheritError(f"head dim differs: the source's is {dh}, the target's n_embd/n_head = "
+                           f"{tgt.n_embd // tgt.n_head}; set n_head = n_embd / {dh}; {supported}")
+    if tgt.n_head // tgt.n_kv_head > group:
         raise InheritError(f"the target has {tgt.n_head // tgt.n_kv_head} query heads per kv head, "
-                           f"the source only {src.n_head // src.n_kv_head}; raise n_kv_head")
-    for k in ("rope_theta", "norm_eps", "tie_embeddings"):
-        if getattr(tgt, k) != getattr(src, k):
+                           f"the source only {group}; raise n_kv_head; {supported}")
+    for k in ("rope_theta", "norm_eps"):  # close is enough: an imported fp32 1e-5 is 9.9999997e-06
+        if not math.isclose(getattr(tgt, k), getattr(src, k), rel_tol=1e-6):
             raise InheritError(f"{k} must be the source's ({getattr(src, k)!r}), the target has "
                                f"{getattr(tgt, k)!r}")
-    return dataclasses.replace(tgt, vocab_size=vocab_size)
+    if tgt.tie_embeddings and not src.tie_embeddings:
+        raise InheritError("the target ties its head to the embedding, the source does not: set "
+                           "tie_embeddings=False (a tied source may give an untied target, not the reverse)")
+    return dataclasses.replace(tgt, vocab_size=vocab_size, rope_theta=src.rope_theta, norm_eps=src.norm_eps)
 
 
 # ----------------------------------------------------------------------------- unit scores
@@ -272,13 +307,46 @@ def read_target(path: str):
     return config_lib.parse_args(trainer.TrainConfig(), [path, "--seq_len=2"]).model
 
 
-def real_batches(cfg: InheritConfig, src_config: dict) -> list:
-    from data.tokens import TokenBatches, open_tokens
+def real_batches(cfg: InheritConfig, src_config: dict, meta: dict, source_dir: Path) -> list:
+    """cfg.batches real (x, y) batches in the source's tokens (the module docstring says from where)."""
+    from data.tokens import TokenBatches, open_tokens, read_meta
     data_dir = cfg.data_dir or src_config.get("data_dir", "")
-    seq_len = cfg.seq_len or src_config.get("seq_len", 256)
-    tokens = open_tokens(data_dir, "validation")
+    # a few batches estimate the scores; an LLM's 2,048-token window would cost minutes on a CPU
+    seq_len = cfg.seq_len or min(src_config.get("seq_len", 256), 256)
+    if data_dir:
+        data_meta = read_meta(data_dir)
+        if (data_meta.get("tokenizer_name"), data_meta.get("vocab_size")) != \
+                (meta.get("tokenizer_name"), meta.get("vocab_size")):
+            raise InheritError(f"--data_dir={data_dir} is in {data_meta.get('tokenizer_name')}'s tokens, the "
+                               f"source reads {meta.get('tokenizer_name')}'s: prepare it with python "
+                               f"data/prepare.py --tokenizer={source_dir / 'tokenizer.json'}")
+        tokens = open_tokens(data_dir, "validation")
+    else:
+        tokens = leaner_tokens(cfg.data_root, source_dir / "tokenizer.json", cfg)
     source = TokenBatches(tokens, cfg.batch_size, seq_len, seed=20250101)
     return [source.next_batch() for _ in range(cfg.batches)]
+
+
+def leaner_tokens(data_root: str, tokenizer_file: Path, cfg: InheritConfig):
+    """The leaner validation documents under data_root, each encoded with the source's tokenizer and
+    followed by its end-of-text, as data/prepare.py joins them."""
+    import numpy as np
+    from data.corpus import DEFAULT_SCALE, DataError, available_genres, iter_documents
+    from data.tokenizer import load_tokenizer
+    root = Path(data_root) if data_root else REPO / ".." / "shared" / "data" / "tinyhelen"
+    try:
+        genres = available_genres(root, "leaner", "validation", DEFAULT_SCALE)
+    except DataError:
+        genres = []
+    if not genres:
+        raise InheritError(f"criterion={cfg.criterion} / layers={cfg.layers} scores units on real text in the "
+                           f"source's tokens; the source has no data_dir and there is no leaner validation "
+                           f"text under {root}: give --data_root=PATH (the TinyHelen data, tokenized as read) "
+                           f"or --data_dir=a folder prepared with python data/prepare.py "
+                           f"--tokenizer={tokenizer_file}, or use --criterion=l2 --layers=ends")
+    tok = load_tokenizer(tokenizer_file)
+    texts = [d.text for d in iter_documents(root, "leaner", "validation", genres, DEFAULT_SCALE)]
+    return np.array([i for ids in tok.encode_batch(texts) for i in ids + [tok.eot_id]], dtype=np.int64)
 
 
 def inherit(cfg: InheritConfig) -> Path:
@@ -290,11 +358,12 @@ def inherit(cfg: InheritConfig) -> Path:
 
 def _inherit(cfg: InheritConfig) -> Path:
     tgt = read_target(cfg.to)
-    ckpt = load_checkpoint(resolve(cfg.source))
+    source = resolve(cfg.source)  # a short name (smollm2-135m) or a .gguf: its imported run folder
+    ckpt = load_checkpoint(source)
     src_cfg = model_config_from_dict(ckpt["config"]["model"])
     # before any compute: a target that cannot be cut stops here
     check_target(src_cfg, tgt, src_cfg.vocab_size if isinstance(src_cfg, LlamaConfig) else 0)
-    source_dir = Path(cfg.source) if Path(cfg.source).is_dir() else Path(cfg.source).parent
+    source_dir = Path(source) if Path(source).is_dir() else Path(source).parent
     meta = dict(ckpt.get("data_meta") or {})
     vocab, tokenizer_file = None, source_dir / "tokenizer.json"
     if cfg.tokenizer:
@@ -316,12 +385,14 @@ def _inherit(cfg: InheritConfig) -> Path:
     model = build_model(src_cfg)
     model.load_state_dict(ckpt["model"])
     needs_data = cfg.criterion == "taylor" or cfg.layers == "importance"
-    batches = real_batches(cfg, ckpt["config"]) if needs_data else None
+    batches = real_batches(cfg, ckpt["config"], ckpt.get("data_meta") or {}, source_dir) if needs_data else None
     small, sel = inherit_model(model, tgt, cfg.criterion, cfg.layers, batches, vocab, cfg.seed)
     out_dir = Path(cfg.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model_dict = {"__class__": type(small.config).__name__, **config_lib.to_dict(small.config)}
-    run_config = {**ckpt["config"], "model": model_dict, "out_dir": str(out_dir)}
+    run_config = {**ckpt["config"], "model": model_dict, "out_dir": str(out_dir),
+                  # evaluate.py scores in windows of seq_len: an LLM's 2,048 may not fit the target
+                  "seq_len": min(ckpt["config"].get("seq_len", small.config.max_seq_len), small.config.max_seq_len)}
     record = {"from": str(cfg.source), "criterion": cfg.criterion, "layers": cfg.layers,
               "tokenizer": cfg.tokenizer,
               **{k: v for k, v in dataclasses.asdict(sel).items() if k != "vocab"}}

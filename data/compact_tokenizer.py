@@ -3,6 +3,8 @@
     python data/compact_tokenizer.py --size=4000 --out=out/tokenizers/compact-4K.json
     python data/compact_tokenizer.py --report_sizes=2000,4000,8000,16000 --report=out/tokenizers/report.json
     python data/prepare.py --tokenizer=compact:4000 --out_dir=out/data/leaner_compact4k
+    python data/compact_tokenizer.py --base=smollm2-135m --size=4000    # SmolLM2's 49,152 ids cut to 4,000
+    python data/prepare.py --tokenizer=compact-smollm2:4000 --out_dir=out/data/leaner_smollm2_4k
 
 The "Rethinking Optimization and Architecture for Tiny Language Models" recipe prunes a large
 vocabulary to the tokens a corpus actually uses, so that a tiny model spends its parameters on
@@ -21,6 +23,17 @@ candidate pairs are a subset of the large one's, and the pair the large one merg
 so such texts encode to the same tokens, only renumbered. Other texts fall back to shorter kept
 tokens. Each kept token's base id is stored in the file, so that inherit.py can give a compact
 model the large model's embedding and head rows.
+
+A pretrained LLM's tokenizer (--base=smollm2-135m) is cut by the same rule, but as a `tokenizers`
+BPE, because tiktoken cannot hold it (data/tokenizer.py PretrainedTokenizer says why). There a
+merge's priority is its place in the merge list, and each token is made by exactly one merge, so a
+token's merge tree is that merge's two parts and, recursively, theirs. The cut keeps every special
+token (end-of-text, the chat markers), every single-byte token the model has (SmolLM2 lacks 21
+bytes; texts lose them under both), and the most used tokens with their trees; it renumbers the kept
+ids in base order (the specials, first in SmolLM2, keep their ids, so the chat template still works),
+keeps the merges whose result is kept (their parts are, by closure) in base order, and the base's
+pre-tokenizer and decoder. The same argument as above then gives the same tokens on texts made of
+kept tokens (tests/test_compact_smollm2.py checks it on leaner text).
 """
 
 from __future__ import annotations
@@ -36,15 +49,18 @@ if sys.path and Path(sys.path[0]).resolve() == REPO_ROOT / "data":  # `python da
 elif str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+import json  # noqa: E402
+
 import numpy as np  # noqa: E402
 import tiktoken  # noqa: E402
 
 from tinyhelen import config  # noqa: E402
 from tinyhelen.atomic import atomic_write_json  # noqa: E402
+from tinyhelen.checkpoint import CheckpointError  # noqa: E402  (a pretrained model missing, say)
 from tinyhelen.config import setting  # noqa: E402
 from data.corpus import CORPORA, DEFAULT_SCALE, SPLITS, DataError, available_genres, check_genres, \
     iter_documents  # noqa: E402
-from data.tokenizer import Tokenizer, load_tokenizer  # noqa: E402
+from data.tokenizer import PretrainedTokenizer, Tokenizer, load_tokenizer  # noqa: E402
 
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "tinyhelen"
 
@@ -94,9 +110,12 @@ def size_name(size: int) -> str:
     return f"{size // 1000}K" if size % 1000 == 0 else str(size)
 
 
-def build_compact(base: Tokenizer, counts: np.ndarray, size: int, name: str = "") -> Tokenizer:
+def build_compact(base, counts: np.ndarray, size: int, name: str = ""):
     """Keep the base's special tokens, its 256 single bytes and then the most used tokens (each with
-    its merge tree) until `size` ids are taken; ids follow the base ranks, specials come last."""
+    its merge tree) until `size` ids are taken; ids follow the base ranks, specials come last.
+    A pretrained model's tokenizer is cut by build_compact_pretrained."""
+    if isinstance(base, PretrainedTokenizer):
+        return build_compact_pretrained(base, counts, size, name)
     ranks = base._enc._mergeable_ranks  # bytes -> base id (= merge priority)
     specials = dict(sorted(base._enc._special_tokens.items(), key=lambda kv: kv[1]))
     budget = size - len(specials)
@@ -129,9 +148,66 @@ def build_compact(base: Tokenizer, counts: np.ndarray, size: int, name: str = ""
                               "base_ids": [ranks[t] for t in tokens] + list(specials.values())})
 
 
-def build_from_texts(texts: Iterable[str], size: int, base: str = "cl100k_base") -> Tokenizer:
+def build_compact_pretrained(base: PretrainedTokenizer, counts: np.ndarray, size: int,
+                             name: str = "") -> PretrainedTokenizer:
+    """A pretrained model's byte-level BPE cut to `size` ids (the module docstring's rule), as a
+    PretrainedTokenizer whose compact["base_ids"] holds each id's id in the model."""
+    from tokenizers import Tokenizer as HFTokenizer
+    spec = json.loads(base.backend.to_str())
+    vocab = spec["model"]["vocab"]  # printable token -> base id
+    merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in spec["model"]["merges"]]
+    made_by = {a + b: (a, b) for a, b in merges}
+    if len(made_by) != len(merges):
+        raise ValueError(f"{base.name}: two merges make the same token; the cut needs one merge per token")
+    specials = set(base.special_tokens.values())
+    by_id = {i: t for t, i in vocab.items()}
+    # byte-level BPE writes each byte as one printable character, so the byte tokens are the 1-char ones
+    kept = {t for t, i in vocab.items() if len(t) == 1 and i not in specials}
+    budget = size - len(specials)
+    if budget < len(kept):
+        raise ValueError(f"a compact {base.name} tokenizer needs room for its {len(kept)} byte tokens and "
+                         f"{len(specials)} special tokens: size must be at least {len(kept) + len(specials)}, "
+                         f"got {size}")
+
+    def tree(token: str) -> list[str]:  # the token, then the parts its merge is made of, recursively
+        out, todo = [], [token]
+        while todo:
+            t = todo.pop()
+            out.append(t)
+            todo.extend(made_by.get(t, ()))
+        return out
+
+    order = np.lexsort((np.arange(len(counts)), -counts))  # most used first; ties in base order
+    for base_id in order:
+        if len(kept) >= budget or counts[base_id] == 0:
+            break
+        token = by_id[int(base_id)]
+        if int(base_id) in specials or token in kept:
+            continue
+        missing = [t for t in dict.fromkeys(tree(token)) if t not in kept]
+        if len(kept) + len(missing) <= budget:
+            kept.update(missing)
+    base_ids = sorted(specials | {vocab[t] for t in kept})
+    new_id = {b: i for i, b in enumerate(base_ids)}
+    spec["model"]["vocab"] = {by_id[b]: i for i, b in enumerate(base_ids)}
+    spec["model"]["merges"] = [[a, b] for a, b in merges if a + b in kept]  # a and b are kept: closure
+    spec["added_tokens"] = [{**t, "id": new_id[t["id"]]} for t in spec["added_tokens"] if t["id"] in new_id]
+    return PretrainedTokenizer(HFTokenizer.from_str(json.dumps(spec)),
+                               name or f"{base.name}-compact-{size_name(size)}", new_id[base.eot_id],
+                               [new_id[i] for i in base.stop_ids], base.chat_template, base.template_tokens,
+                               compact={"base": base.name, "base_ids": base_ids})
+
+
+def base_tokenizer(spec: str):
+    """The tokenizer to cut: cl100k_base, a shipped pretrained model's short name (its own tokenizer,
+    read without the weights: tinyhelen/pretrained.py), or a saved tokenizer file."""
+    from tinyhelen.pretrained import SHIPPED, shipped_tokenizer
+    return shipped_tokenizer(spec) if spec in SHIPPED else load_tokenizer(spec)
+
+
+def build_from_texts(texts: Iterable[str], size: int, base: str = "cl100k_base"):
     """Count the base tokenizer's tokens on texts and cut a compact tokenizer of `size` ids."""
-    big = load_tokenizer(base)
+    big = base_tokenizer(base)
     return build_compact(big, count_tokens(big, texts), size)
 
 
@@ -158,7 +234,8 @@ def report(base: Tokenizer, train_texts: list[str], eval_texts: list[str], sizes
     (coverage), and tokens per byte of the compact, the full base and gpt-2K tokenizers on eval_texts."""
     counts = count_tokens(base, train_texts)
     eval_counts = count_tokens(base, eval_texts)
-    n_special = len(base._enc._special_tokens)
+    specials = set((base.special_tokens if isinstance(base, PretrainedTokenizer)
+                    else base._enc._special_tokens).values())
     rows = []
     for size in sizes:
         tok = build_compact(base, counts, size)
@@ -169,10 +246,10 @@ def report(base: Tokenizer, train_texts: list[str], eval_texts: list[str], sizes
                      "train_coverage": float(counts[kept].sum() / counts.sum()),
                      # kept only to reach longer tokens: never produced on the counted text
                      "unused_multibyte": int(sum(counts[i] == 0 and len(base.token_bytes(i)) > 1
-                                                 for i in tok.compact["base_ids"][:-n_special])),
+                                                 for i in tok.compact["base_ids"] if i not in specials)),
                      "tokens_per_byte": tokens_per_byte(tok, eval_texts),
                      "embedding_share_14M": embedding_share(size)})
-    out = {"base": base.name, "base_tokens_per_byte": tokens_per_byte(base, eval_texts),
+    out = {"base": base.name, "base_vocab_size": base.vocab_size, "base_tokens_per_byte": tokens_per_byte(base, eval_texts),
            "base_embedding_share_14M": embedding_share(base.vocab_size),
            "base_distinct_tokens_train": int((counts > 0).sum()), "sizes": rows}
     if gpt2k is not None:
@@ -192,7 +269,7 @@ def report_table(r: dict) -> str:
                      f"{row['tokens_per_byte'] / r['base_tokens_per_byte']:.3f}x | "
                      + (f"{row['tokens_per_byte'] / g:.3f}x" if g else "-")
                      + f" | {100 * row['embedding_share_14M']:.1f}% |")
-    lines.append(f"| {r['base']} | 100,277 | 100% | {r['base_tokens_per_byte']:.4f} | 1x | "
+    lines.append(f"| {r['base']} | {r['base_vocab_size']:,} | 100% | {r['base_tokens_per_byte']:.4f} | 1x | "
                  + (f"{r['base_tokens_per_byte'] / g:.3f}x" if g else "-")
                  + f" | {100 * r['base_embedding_share_14M']:.1f}% |")
     if g:
@@ -210,9 +287,9 @@ class CompactConfig:
     scale: str = DEFAULT_SCALE
     genres: str = "all"                 # all, or a comma list: the documents whose tokens are counted
     split: str = setting("train", choices=SPLITS)  # where tokens are counted
-    base: str = "cl100k_base"           # the large tokenizer: cl100k_base or a saved tokenizer file
+    base: str = "cl100k_base"           # the large tokenizer: cl100k_base, smollm2-135m or a saved file
     size: int = setting(4000, min=262)  # ids in the compact tokenizer, specials included
-    out: str = ""                       # "": out/tokenizers/compact-SIZE.json
+    out: str = ""                       # "": out/tokenizers/NAME.json (compact-4K, smollm2-135m-compact-4K)
     report_sizes: str = ""              # e.g. 2000,4000,8000,16000: measure these instead of writing one
     eval_split: str = setting("validation", choices=SPLITS)  # the report's coverage and tokens/byte
     gpt2k: str = ""                     # gpt-2K file for the report; "": train one on the counted split
@@ -231,7 +308,7 @@ def read_texts(cfg: CompactConfig, split: str) -> list[str]:
 
 def main(cfg: CompactConfig) -> None:
     try:
-        base = load_tokenizer(cfg.base)
+        base = base_tokenizer(cfg.base)
         texts = read_texts(cfg, cfg.split)
         if cfg.report_sizes:
             sizes = [int(s) for s in cfg.report_sizes.split(",") if s.strip()]
@@ -244,12 +321,12 @@ def main(cfg: CompactConfig) -> None:
             print(f"wrote {path}")
             return
         tok = build_compact(base, count_tokens(base, texts), cfg.size)
-        path = Path(cfg.out or f"out/tokenizers/compact-{size_name(cfg.size)}.json")
+        path = Path(cfg.out or f"out/tokenizers/{tok.name}.json")
         path.parent.mkdir(parents=True, exist_ok=True)
         tok.save(path)
         print(f"wrote {path}: {tok.vocab_size:,} ids ({tok.name}, from {base.name}, counted on "
               f"{cfg.corpus} {cfg.split}), eot id {tok.eot_id}")
-    except (DataError, OSError, ValueError) as e:
+    except (DataError, OSError, ValueError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr)
         raise SystemExit(2) from None
 

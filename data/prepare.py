@@ -1,7 +1,14 @@
 """Turn the TinyHelen text into token files that training reads with a memory map.
 
     python data/prepare.py [--data_root=../shared/data/tinyhelen] [--corpus=leaner] [--genres=all|book,wiki]
-                           [--tokenizer=train|cl100k_base|compact:N|PATH] [--out_dir=out/data/leaner]
+                           [--tokenizer=train|cl100k_base|compact:N|compact-smollm2:N|PATH]
+                           [--out_dir=out/data/leaner]
+
+--tokenizer: train (the default) learns gpt-2K on the train split; cl100k_base is tiktoken's; compact:N
+cuts cl100k_base to the N ids most used on the train split, compact-smollm2:N cuts SmolLM2-135M's own
+49,152-id tokenizer the same way (data/compact_tokenizer.py; inherit.py --from=smollm2-135m then gives
+a model on this data SmolLM2's embedding rows of the kept ids); PATH is a saved tokenizer file, such as
+a pretrained run's tokenizer.json (the full SmolLM2 tokenizer: out/pretrained/smollm2-135m/tokenizer.json).
 
 For each split (train, validation, test) it writes into out_dir:
     SPLIT.bin       the token stream (uint16, or uint32 for a vocabulary over 65,536 such as cl100k_base):
@@ -44,6 +51,8 @@ from tinyhelen.atomic import atomic_file, atomic_write_bytes  # noqa: E402
 from data.tokenizer import Tokenizer, load_tokenizer  # noqa: E402
 
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data" / "tinyhelen"
+# --tokenizer=SPELLING:N -> the tokenizer that is cut to N ids (data/compact_tokenizer.py)
+COMPACT_BASES = {"compact": "cl100k_base", "compact-smollm2": "smollm2-135m"}
 BATCH_BYTES = 4 << 20  # text per encode_batch call: enough work for every thread, bounded memory
 
 
@@ -54,7 +63,8 @@ class PrepareConfig:
     scale: str = DEFAULT_SCALE
     genres: str = "all"  # "all" or a comma list such as book,wiki,math
     # train (gpt-2K on the train split), cl100k_base, compact:N (cl100k_base cut to the N ids most used
-    # on the train split, data/compact_tokenizer.py), or a tokenizer.json path
+    # on the train split, data/compact_tokenizer.py), compact-smollm2:N (SmolLM2-135M's tokenizer cut
+    # the same way), or a tokenizer.json path
     tokenizer: str = "train"
     vocab_size: int = 2000  # for tokenizer=train
     out_dir: str = ""  # "": out/data/CORPUS
@@ -128,18 +138,20 @@ def build_tokenizer(cfg: PrepareConfig, root: Path, plan: dict, out_dir: Path) -
               f"({', '.join(plan['train'])})")
         texts = (d.text for d in iter_documents(root, cfg.corpus, "train", plan["train"], cfg.scale))
         tok = Tokenizer.train(texts, vocab_size=cfg.vocab_size)
-    elif cfg.tokenizer.startswith("compact:"):
+    elif cfg.tokenizer.split(":")[0] in COMPACT_BASES:
         from data.compact_tokenizer import build_from_texts
-        size = cfg.tokenizer.removeprefix("compact:")
+        from tinyhelen.checkpoint import CheckpointError
+        spelling, _, size = cfg.tokenizer.partition(":")
+        base = COMPACT_BASES[spelling]
         if not size.isdigit() or not plan["train"]:
-            raise DataError(f"--tokenizer={cfg.tokenizer}: give compact:N with N the number of ids "
-                            f"(e.g. compact:4000), and data with a train split to count tokens on")
-        print(f"cutting cl100k_base to the {size} ids most used on {cfg.corpus} train "
+            raise DataError(f"--tokenizer={cfg.tokenizer}: give {spelling}:N with N the number of ids "
+                            f"(e.g. {spelling}:4000), and data with a train split to count tokens on")
+        print(f"cutting {base} to the {size} ids most used on {cfg.corpus} train "
               f"({', '.join(plan['train'])})")
         texts = (d.text for d in iter_documents(root, cfg.corpus, "train", plan["train"], cfg.scale))
         try:
-            tok = build_from_texts(texts, int(size))
-        except ValueError as e:
+            tok = build_from_texts(texts, int(size), base)
+        except (ValueError, CheckpointError) as e:  # too small; SmolLM2's package not installed
             raise DataError(f"--tokenizer={cfg.tokenizer}: {e}") from None
     else:
         try:

@@ -302,12 +302,14 @@ class PretrainedTokenizer:
     encode_chat turns the chat template's markers into their ids.
     """
 
-    compact = None  # not a compact tokenizer (inherit.py and the exporters check this)
-
     def __init__(self, backend, name: str, eot_id: int, stop_ids: Sequence[int] = (),
-                 chat_template: str = "", template_tokens: dict | None = None):
+                 chat_template: str = "", template_tokens: dict | None = None, compact: dict | None = None):
         self.backend = backend  # a tokenizers.Tokenizer
         self.name = name
+        # None for the model's own tokenizer; for a cut of it (data/compact_tokenizer.py) Tokenizer's
+        # {"base": the model's tokenizer name, "base_ids": [its id of each of our ids]}, by which
+        # inherit.py takes the model's embedding rows
+        self.compact = compact
         self.eot_id = int(eot_id)
         self.vocab_size = backend.get_vocab_size(with_added_tokens=True)
         self.stop_ids = sorted({self.eot_id, *map(int, stop_ids)})
@@ -388,6 +390,8 @@ class PretrainedTokenizer:
         head = {"format": FORMAT, "kind": PRETRAINED_KIND, "name": self.name, "vocab_size": self.vocab_size,
                 "eot_id": self.eot_id, "stop_ids": self.stop_ids, "template_tokens": self.template_tokens,
                 "chat_template": self.chat_template}
+        if self.compact is not None:
+            head["compact"] = self.compact
         lines = [f" {json.dumps(k)}: {json.dumps(v)}" for k, v in head.items()]
         lines.append(f' "tokenizer": {self.backend.to_str()}')
         atomic_write_bytes(Path(path), ("{\n" + ",\n".join(lines) + "\n}\n").encode("utf-8"))
@@ -398,7 +402,9 @@ class PretrainedTokenizer:
         try:
             backend = HFTokenizer.from_str(json.dumps(data["tokenizer"]))
             tok = cls(backend, data["name"], data["eot_id"], data.get("stop_ids", ()),
-                      data.get("chat_template", ""), data.get("template_tokens"))
+                      data.get("chat_template", ""), data.get("template_tokens"), data.get("compact"))
+            if tok.compact is not None and len(tok.compact["base_ids"]) != tok.vocab_size:
+                raise ValueError(f"{len(tok.compact['base_ids'])} base ids for {tok.vocab_size} ids")
         except Exception as e:  # KeyError, TypeError, ValueError, or tokenizers' own Exception
             raise ValueError(f"{path}: a malformed pretrained tokenizer file ({type(e).__name__}: {e})") from None
         if tok.vocab_size != data.get("vocab_size"):

@@ -145,6 +145,50 @@ def test_loss_equals_the_masked_source(source, criterion, layers, sizes):
         assert abs(float(full - want)) > 1e-3  # the masking did remove something
 
 
+def test_vocabulary_cut_equals_the_source_with_dropped_ids_masked(source):
+    """A cut vocabulary (the compact tokenizer's base ids) on top of cut layers, heads and neurons:
+    on text of kept ids, the child's loss is the masked source's with the logits of the dropped ids
+    set to -inf (their rows removed from the softmax), and its embedding and head rows are the kept ids'."""
+    vocab = sorted(torch.randperm(SRC.vocab_size, generator=torch.Generator().manual_seed(5))[:40].tolist())
+    tgt = LlamaConfig(**{**SRC.__dict__, "n_layer": 3, "n_embd": 32, "n_head": 4, "n_kv_head": 2,
+                         "ffn_hidden": 50})
+    small, sel = inherit.inherit_model(source, tgt, "l2", "ends", vocab=vocab)
+    same(small.tok_emb.weight.detach(), source.tok_emb.weight.detach()[vocab][:, sel.channels])
+    same(small.lm_head.weight.detach(), source.lm_head.weight.detach()[vocab][:, sel.channels])
+    reference, kept = masked(source, sel), torch.tensor(vocab)
+    new_id = torch.full((SRC.vocab_size,), -1, dtype=torch.long)
+    new_id[kept] = torch.arange(len(vocab))
+    g = torch.Generator().manual_seed(9)
+    text = kept[torch.randint(0, len(vocab), (3, 17), generator=g)]  # base ids, all kept
+    x, y = text[:, :-1], text[:, 1:]
+    with torch.no_grad():
+        got = small(new_id[x], new_id[y])[1]
+        logits = reference(x)[0]
+        logits[..., [i for i in range(SRC.vocab_size) if i not in vocab]] = float("-inf")
+        want = torch.nn.functional.cross_entropy(logits.flatten(0, 1), y.flatten())
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+
+
+def test_a_tied_source_gives_an_untied_target_but_not_the_reverse(source):
+    torch.manual_seed(4)
+    tied = Llama(LlamaConfig(**{**SRC.__dict__, "tie_embeddings": True}))
+    small, sel = inherit.inherit_model(tied, LlamaConfig(**{**SRC.__dict__, "n_layer": 2}), "l2", "ends",
+                                       vocab=[0, 5, 7])
+    assert small.lm_head.weight is not small.tok_emb.weight  # two tensors, equal at the start
+    same(small.lm_head.weight.detach(), tied.tok_emb.weight.detach()[[0, 5, 7]][:, sel.channels])
+    same(small.tok_emb.weight.detach(), small.lm_head.weight.detach())
+    with pytest.raises(inherit.InheritError, match="tie_embeddings=False"):
+        inherit.inherit_model(source, LlamaConfig(**{**SRC.__dict__, "tie_embeddings": True}))
+
+
+def test_an_epsilon_within_float_rounding_is_the_sources(source):
+    """An imported LLM's fp32 1e-5 reads back as 9.9999997e-06: a target written with 1e-5 is taken,
+    and the child gets the source's exact value."""
+    src = Llama(LlamaConfig(**{**SRC.__dict__, "norm_eps": 9.999999747378752e-06}))
+    small, _ = inherit.inherit_model(src, LlamaConfig(**{**SRC.__dict__, "norm_eps": 1e-5, "n_layer": 2}))
+    assert small.config.norm_eps == 9.999999747378752e-06
+
+
 def test_layer_importance_is_the_loss_rise(source):
     b = batches()
     rises = inherit.layer_importance(source, b)

