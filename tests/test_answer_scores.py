@@ -4,7 +4,7 @@
 Oracles: transformers' own reading of the SmolLM2 GGUF (plain forwards, one row at a time, the whole
 vocabulary's log-softmax) for fluency and relevance; the expected grade computed by hand from the
 full next-token distribution; the Wilson interval from its textbook formula at known points. The
-SmolLM2 run is imported once per module into a temporary cache folder, never into the repo's out/.
+SmolLM2 run is imported once per session into a temporary cache folder (conftest.smollm2), never into the repo's out/.
 """
 
 from __future__ import annotations
@@ -34,8 +34,8 @@ ROWS = [
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("pretrained")
+def cache(smollm2):
+    folder, _ = smollm2  # imported once for the session
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv(pretrained.CACHE_ENV, str(folder))
         yield folder

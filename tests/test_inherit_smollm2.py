@@ -22,12 +22,9 @@ from tinyhelen import pretrained  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
+def env(smollm2):
     """SmolLM2 imported once into a temporary cache, which every command of this file is pointed at."""
-    cache = tmp_path_factory.mktemp("pretrained")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(pretrained.CACHE_ENV, str(cache))
-        run = pretrained.resolve("smollm2-135m")
+    cache, run = smollm2
     return {pretrained.CACHE_ENV: str(cache), "run": run}
 
 

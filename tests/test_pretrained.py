@@ -48,13 +48,9 @@ def gguf_path():
 
 
 @pytest.fixture(scope="module")
-def smol_run(tmp_path_factory):
+def smol_run(smollm2):
     """The short name resolved as a stage would: imported once into the cache folder (here a temp one)."""
-    cache = tmp_path_factory.mktemp("pretrained")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv(pretrained.CACHE_ENV, str(cache))
-        run = pretrained.resolve("smollm2-135m")
-    return cache, run
+    return smollm2
 
 
 @pytest.fixture(scope="module")
