@@ -281,6 +281,43 @@ def test_inherited_run_trains_samples_evaluates_exports(big_run, leaner_small, s
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["num_hidden_layers"] == 2
 
 
+def test_taylor_scores_are_kept_and_reused_only_for_the_same_batches(big_run, leaner_small, tmp_path, monkeypatch):
+    """A second cut of the same source on the same batches reads SOURCE/inherit_scores/ instead of
+    scoring again, and selects what a fresh scoring selects; other batches score afresh."""
+    import shutil
+    import inherit as inherit_mod
+    source = tmp_path / "source"
+    shutil.copytree(big_run, source)
+    calls = []
+    real = inherit_mod.scores_taylor
+
+    def counted(model, batches):
+        calls.append(len(batches))
+        return real(model, batches)
+    monkeypatch.setattr(inherit_mod, "scores_taylor", counted)
+
+    def cut(name, target, **kw):
+        args = {"criterion": "taylor", "data_dir": str(leaner_small), "batches": 2, "batch_size": 2,
+                "seq_len": 32, **kw}
+        cfg = inherit_mod.InheritConfig(source=str(source), to=str(target), out_dir=str(tmp_path / name), **args)
+        inherit_mod.inherit(cfg)
+        return json.loads((tmp_path / name / "inherit.json").read_text())
+    first = cut("a", write_target(tmp_path / "a.py"))
+    assert calls == [2] and len(list((source / "inherit_scores").glob("taylor-*.pt"))) == 1
+    wider = cut("b", write_target(tmp_path / "b.py", n_embd=64, n_head=4, n_kv_head=2))
+    assert calls == [2]  # reused: the target differs, the batches do not
+    again = cut("c", write_target(tmp_path / "c.py"))
+    assert calls == [2] and {k: again[k] for k in ("channels", "q_heads", "neurons")} == \
+        {k: first[k] for k in ("channels", "q_heads", "neurons")}
+    assert wider["neurons"] != first["neurons"] or wider["channels"] != first["channels"]
+    shutil.rmtree(source / "inherit_scores")
+    fresh = cut("d", write_target(tmp_path / "d.py"))
+    assert calls == [2, 2] and fresh["channels"] == first["channels"]
+    cut("e", write_target(tmp_path / "e.py"), seed=0, data_root="")  # same batches again: reused
+    cut("f", write_target(tmp_path / "f.py"), batches=1)            # other batches: scored again
+    assert calls == [2, 2, 1]
+
+
 @pytest.mark.parametrize("kw,message", [({"n_layer": 4}, "larger than the source"),
                                         ({"n_embd": 40, "n_head": 4}, "head dim")])
 def test_command_errors_exit_2(big_run, tmp_path, kw, message):

@@ -96,10 +96,25 @@ def test_child_is_the_chosen_slices_of_smollm2_and_runs(env, cut, shared_data, t
                                     "--max_tokens_per_genre=1000", "--device=cpu",
                                     "--split=validation").stdout.strip().splitlines()[-1])
     assert summary["tokenizer"] == "smollm2-135m-compact-1K" and summary["bits_per_byte"] > 0
+    # export.py: transformers runs the child, with its compact tokenizer, as the engine does
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from tinyhelen.runs import load_run
+    run_script("export.py", f"--out_dir={child}", f"--hf_dir={tmp_path / 'hf'}")
+    hf = AutoModelForCausalLM.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
+    hf_tok = AutoTokenizer.from_pretrained(tmp_path / "hf")
+    model, tokenizer, _ = load_run(child)
+    text = "The little dog ran to the park and played with a red ball."
+    ids = tokenizer.encode(text)
+    assert hf_tok(text, add_special_tokens=False).input_ids == ids
+    with torch.no_grad():
+        torch.testing.assert_close(hf(torch.tensor([ids])).logits, model.float()(torch.tensor([ids]))[0],
+                                   atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.parametrize("kw,message", [
     ({"n_layer": 31}, "n_layer 31 > 30"),
+    ({"n_embd": 640, "n_head": 10, "n_kv_head": 5}, "n_embd 640 > 576, n_head 10 > 9, n_kv_head 5 > 3"),
+    ({"ffn_hidden": 1600}, "ffn_hidden 1600 > 1536"),
     # the paper's 14M shape: 8 heads of 42 over 8 kv heads
     ({"n_layer": 8, "n_embd": 336, "n_head": 8, "n_kv_head": 8, "ffn_hidden": 1344}, "n_kv_head 8 > 3"),
     ({"n_embd": 336, "n_head": 8, "n_kv_head": 2}, "head dim differs"),
