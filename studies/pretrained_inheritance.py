@@ -12,8 +12,8 @@ Two shapes, each with one token budget (the shape's steps x 16 x 256 tokens) tha
              100 steps (410K tokens), every arm
     child    configs/smollm2_child.py: the nearest whole-head cut to the paper's 14M Llama (8 layers,
              width 384 = 6 heads x 64 over 2 kv heads, FFN 1,024; 12.6M non-embedding parameters);
-             32 steps (131K tokens), the two scratch arms and the three criteria at 2K ids (a step
-             here costs about 12 rethink steps, with the whole vocabulary 2.5x more again)
+             32 steps (131K tokens; a step here costs about 12 rethink steps), every arm but the
+             in-house one
 Arms (every one trained on the leaner train split with the shape's training config):
     scratch-gpt2k        random weights, this project's gpt-2K tokenizer
     scratch-smollm2-2k   random weights, SmolLM2's tokenizer cut to its 2,000 ids leaner train uses most
@@ -82,13 +82,11 @@ SHAPES = {
                           rope_theta=100000.0, norm_eps=1e-5, tie_embeddings=False),
                      dict(n_layer=4, n_embd=128, n_head=4, n_kv_head=2, ffn_hidden=344, max_seq_len=256,
                           rope_theta=500000.0, tie_embeddings=False)),
-    # 32 steps: a child step costs about 12x a rethink step, and the full vocabulary 2.5x more again,
-    # so this shape runs the scratch arms and the three criteria at 2K ids, not the vocabulary cuts
+    # 32 steps: a child step costs about 12x a rethink step, and with the whole vocabulary more again
     "child": Shape("configs/smollm2_child.py", 32,
                    dict(n_layer=8, n_embd=384, n_head=6, n_kv_head=2, ffn_hidden=1024, max_seq_len=256,
                         rope_theta=100000.0, norm_eps=1e-5, tie_embeddings=True),
-                   None, ("scratch-gpt2k", "scratch-smollm2-2k", "smollm2-random-2k", "smollm2-l2-2k",
-                          "smollm2-taylor-2k")),
+                   None),
 }
 
 
@@ -216,9 +214,8 @@ def cut(cfg: StudyConfig, runner: common.Runner, shape_name: str, arm: Arm, seed
         if arm.source == "inhouse":
             source, body, tokenizer, batches = str(inhouse_source(cfg, runner)), shape.inhouse, "", str(data)
         else:
-            compact = VOCABS[arm.vocab] != 0
             source, body, batches = SOURCE, shape.model, ""
-            tokenizer = str(data / "tokenizer.json") if compact else ""
+            tokenizer = str(data / "tokenizer.json") if VOCABS[arm.vocab] else ""  # 0: the whole vocabulary
         target = LlamaConfig(vocab_size=2000, **body)  # the vocabulary comes from the tokenizer
         runner.call("inherit", f"{shape_name}/{arm.name}: the {arm.criterion} cut of {source}", inherit.inherit,
                     inherit.InheritConfig(source=source, out_dir=str(folder), layers=cfg.layers,
@@ -278,11 +275,9 @@ def run_one(cfg: StudyConfig, runner: common.Runner, shape_name: str, arm: Arm, 
     factor = window_tokens_per_byte(data, train_cfg.batch_size, train_cfg.seq_len, train_cfg.eval_steps)
     curve = [(r["step"], r["val_loss"] * factor / math.log(2))
              for r in read_metrics(run_dir / "metrics.jsonl") if "val_loss" in r]
-    if init is not None:
-        curve.insert(0, (0, None))  # step 0 is not evaluated by train.py; the held-out value stands in below
     result = {"shape": shape_name, "arm": arm.name, "seed": seed, "steps": train_cfg.max_steps,
               "tokens": train_cfg.max_steps * train_cfg.batch_size * train_cfg.seq_len,
-              "vocab_size": vocab, "curve_bpb": [c for c in curve if c[1] is not None],
+              "vocab_size": vocab, "curve_bpb": curve,  # from the first evaluation; step 0 is initial_bpb
               "initial_bpb": json.loads((init / "bpb.json").read_text())["validation"] if init else None,
               "final_val_bpb": bits_per_byte(run_dir, cfg.data_root)}
     atomic_write_json(folder / "result.json", result)
