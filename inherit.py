@@ -288,14 +288,9 @@ def inherit_model(model: Llama, tgt: LlamaConfig, criterion: str = "l2", layers:
     if ((scores is None and criterion == "taylor") or layers == "importance") and not batches:
         raise InheritError(f"criterion={criterion} / layers={layers} needs real batches")
     model = model.float()
-    if scores is not None:
-        pass
-    elif criterion == "l2":
-        scores = scores_l2(model)
-    elif criterion == "taylor":
-        scores = scores_taylor(model, batches)
-    else:
-        scores = scores_random(model, seed)
+    if scores is None:
+        scores = (scores_l2(model) if criterion == "l2" else scores_taylor(model, batches)
+                  if criterion == "taylor" else scores_random(model, seed))
     sel = select(model, tgt, scores, layers, batches, vocab)
     small = build_model(tgt)
     small.load_state_dict(slice_state(model, tgt, sel))
