@@ -1,6 +1,7 @@
 """Instruction tuning, Leaner-Eval answers and an LLM judge: the paper's second experiment.
 
-    python instruct.py convert --sources=math,code,glue --out=out/instruct/train.jsonl
+    python instruct.py make --out=out/instruct/generated.jsonl [--target=3000]
+    python instruct.py convert --sources=math,code,generated:out/instruct/generated.jsonl --out=out/instruct/train.jsonl
     python instruct.py train [configs/...] --init_from=out/leaner_llama --data=out/instruct/train.jsonl \\
                              --out_dir=out/instruct_leaner
     python instruct.py generate --init_from=out/instruct_leaner --questions=PATH/leaner/eval/all.jsonl \\
@@ -10,6 +11,8 @@
     python instruct.py score --rows=out/answers/leaner.jsonl --out=out/scores/leaner.jsonl [--model=smollm2-135m]
     python instruct.py validate --out_dir=out/answer_validity [--pairs=20] [--judge=true]
 
+make writes open-answer instruction rows about leaner train documents with a local LLM
+(tinyhelen/instruct_make.py: template questions, the LLM's short grounded answers, every row checked).
 train runs the shared Trainer (trainer.py) on instruction rows formatted as the release does,
 `### TASK INPUT:\\n{instruction}[\\n{input}]\\n\\n### RESPONSE:\\n{output}` then end-of-text, the loss
 on the response only (--loss_on=response, the default) or on every token (--loss_on=all, as the
@@ -57,7 +60,7 @@ DEFAULT_ROOT = "/work/shared/data/tinyhelen"
 @dataclass
 class ConvertConfig:
     data_root: str = DEFAULT_ROOT   # the TinyHelen folder
-    sources: str = "math,code,glue"  # comma-separated: math, code, glue, simplified:PATH
+    sources: str = "math,code,glue"  # comma-separated: math, code, glue, simplified:PATH, generated:PATH
     out: str = "out/instruct/train.jsonl"
     glue_per_task: int = setting(0, min=0)  # a seeded sample of N train rows per Glue task (0: all)
 
@@ -274,8 +277,9 @@ COMMANDS = {"convert": (run_convert, ConvertConfig), "train": (instruction_tune,
 
 
 def _commands():
-    from tinyhelen import answer_scores, answer_validity, judge, judge_report
-    return {**COMMANDS, "judge": (judge.run_judge, judge.JudgeConfig),
+    from tinyhelen import answer_scores, answer_validity, instruct_make, judge, judge_report
+    return {**COMMANDS, "make": (instruct_make.run_make, instruct_make.MakeConfig),
+            "judge": (judge.run_judge, judge.JudgeConfig),
             "report": (judge_report.run_report, judge_report.ReportConfig),
             "score": (answer_scores.run_score, answer_scores.ScoreConfig),
             "validate": (answer_validity.run_validate, answer_validity.ValidateConfig)}

@@ -7,8 +7,8 @@ split), each pair a better and a worse answer to the same question:
 
     math_swap   a math problem with its own hints  against  the hints of another problem
     code_swap   a code prompt with its own response  against  another prompt's response
-    gen_swap    (with --generated) a row of a generated {"question", "answer"} set with its own answer
-                against another row's answer
+    gen_swap    (with --generated) a row of a generated set (instruct.py make's rows, or {"question",
+                "answer"} rows) with its own answer against another row's answer
     shuffled    a sentence of leaner validation text  against  the same words shuffled (the question:
                 SENTENCE_QUESTION)
     cut         a math or code answer  against  its first half (cut at half its words)
@@ -102,6 +102,21 @@ def sentences(root: Path, min_words: int = 6, max_words: int = 30) -> list[str]:
     return out
 
 
+def generated_rows(path: str | Path) -> list[tuple[str, str]]:
+    """(question, answer) of each row of a generated set: {"question", "answer"} rows, or instruction
+    rows as instruct.py make writes them (the question is the instruction and its input)."""
+    out = []
+    for line, r in iter_json_lines(path):
+        where = f"{path}:{line}"
+        if "instruction" in r:
+            given = get_field(r, "input", where, "instruction row", required=False) or ""
+            question = get_field(r, "instruction", where, "instruction row") + (f"\n{given}" if given else "")
+            out.append((question, get_field(r, "output", where, "instruction row")))
+        else:
+            out.append((get_field(r, "question", where), get_field(r, "answer", where)))
+    return out
+
+
 def _swap_pairs(name: str, rows: list[tuple[str, str]], n: int, rng: random.Random) -> list[dict]:
     """Each chosen row's own answer (better) against the answer of another row whose answer differs."""
     rows = [r for r in rows if r[0].strip() and r[1].strip()]
@@ -140,8 +155,7 @@ def build_contrasts(root: str | Path, pairs: int, seed: int = 0, generated: str 
     out += _swap_pairs("math_swap", maths, pairs, random.Random(f"{seed}:math_swap"))
     out += _swap_pairs("code_swap", codes, pairs, random.Random(f"{seed}:code_swap"))
     if generated:
-        gen = [(get_field(r, "question", f"{generated}:{line}"), clip(get_field(r, "answer", f"{generated}:{line}")))
-               for line, r in iter_json_lines(generated)]
+        gen = [(q, clip(a)) for q, a in generated_rows(generated)]
         out += _swap_pairs("gen_swap", gen, pairs, random.Random(f"{seed}:gen_swap"))
     rng = random.Random(f"{seed}:shuffled")
     texts = sentences(root)

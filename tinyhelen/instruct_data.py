@@ -9,6 +9,7 @@ converters build instruction rows ({"instruction", "input", "output", "source", 
                 file and the test split is held out)
     glue        Leaner-Glue train rows posed as questions, the answer written out in words
     simplified:PATH   the simplify pipeline's instruction output (rows of instruction, input, response)
+    generated:PATH    instruct.py make's open-answer rows (tinyhelen/instruct_make.py), their kind kept
 
 Held out, always (forbidden_texts / check_no_leak): every Leaner-Eval question (all files, by hash and
 by normalised text), the leaner test split's math and code rows, and every Leaner-Glue validation
@@ -35,7 +36,7 @@ import torch
 from data.corpus import GLUE_TASKS, DataError, get_field, iter_json_lines, task_prompt
 from data.tasks import Instruction, eval_files, read_glue_file, read_instructions
 
-SOURCES = ("math", "code", "glue")  # plus simplified:PATH
+SOURCES = ("math", "code", "glue")  # plus simplified:PATH and generated:PATH
 
 # Leaner-Glue rows as questions: (question, answer per label id); {0}, {1} are the text fields.
 GLUE_QUESTIONS = {
@@ -141,20 +142,30 @@ def convert_simplified(path: str | Path) -> list[dict]:
     return [_row("simplified", r.instruction, r.input, r.output) for r in read_instructions(path)]
 
 
+def convert_generated(path: str | Path) -> list[dict]:
+    """instruct.py make's rows, each keeping its source ("generated:describe", ...)."""
+    kinds = {line: row.get("source", "generated") for line, row in iter_json_lines(path)} \
+        if Path(path).is_file() else {}
+    return [_row(str(kinds.get(r.line, "generated")), r.instruction, r.input, r.output)
+            for r in read_instructions(path)]
+
+
 def convert(root: str | Path, sources: list[str], glue_per_task: int = 0) -> tuple[list[dict], int]:
-    """(rows from each named source (SOURCES, or simplified:PATH), how many were dropped because they
+    """(rows from each named source (SOURCES, simplified:PATH or generated:PATH), how many were dropped because they
     share a hash or text with held-out data (forbidden_texts)); glue_per_task: convert_glue's."""
     rows = []
     for source in sources:
         if source.startswith("simplified:"):
             rows += convert_simplified(source.partition(":")[2])
+        elif source.startswith("generated:"):
+            rows += convert_generated(source.partition(":")[2])
         elif source == "glue":
             rows += convert_glue(root, glue_per_task)
         elif source in SOURCES:
             rows += {"math": convert_math, "code": convert_code}[source](root)
         else:
-            raise DataError(f"unknown instruction source {source!r}: use {', '.join(SOURCES)} "
-                            f"or simplified:PATH")
+            raise DataError(f"unknown instruction source {source!r}: use {', '.join(SOURCES)}, "
+                            f"simplified:PATH or generated:PATH")
     forbidden = forbidden_texts(root)
     rows, dropped = drop_leaks(rows, forbidden)
     check_no_leak(rows, forbidden)
