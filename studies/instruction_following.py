@@ -50,7 +50,7 @@ from tinyhelen.config import setting
 
 CORPORA = ("leaner", "ori")
 STEPS = ("prepare", "pretrain", "convert", "tune", "generate", "validate", "score", "report", "judge")
-GENERATED = "studies/data/leaner_open_answers.jsonl"
+GENERATED = "studies/data/leaner_open_answers.jsonl.zst"
 
 
 @dataclass

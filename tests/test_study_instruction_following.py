@@ -31,8 +31,8 @@ def test_study_commands(tmp_path):
     assert tune[0].replace("leaner", "X") == tune[2].replace("ori", "X")
     assert gen[1].replace("leaner_s2", "X") == gen[3].replace("ori_s2", "X")
     assert f"--init_from={tmp_path}/ori_s2_llama" in tune[3] and f"--out={tmp_path}/answers/ori_s2.jsonl" in gen[3]
-    assert "--sources=generated:studies/data/leaner_open_answers.jsonl" in cmds[6]
-    assert "--generated=studies/data/leaner_open_answers.jsonl" in cmds[15] and "--pairs=40" in cmds[15]
+    assert "--sources=generated:studies/data/leaner_open_answers.jsonl.zst" in cmds[6]
+    assert "--generated=studies/data/leaner_open_answers.jsonl.zst" in cmds[15] and "--pairs=40" in cmds[15]
     assert f"--rows={tmp_path}/answers/leaner_s1.jsonl --out={tmp_path}/scores/leaner_s1.jsonl" in score[0]
     assert "--questions=../shared/data/tinyhelen/leaner/eval/all.jsonl" in gen[0]
     assert "=== report of 4 models" in out and "instruct.py judge" not in out  # the judge only when asked
