@@ -73,6 +73,7 @@ from tinyhelen.config import ConfigError, setting
 from tinyhelen.instruct_data import Forbidden, forbidden_texts, leak, normalise, row_hash
 from tinyhelen.judge_report import text_measures
 from data.corpus import DataError, iter_documents
+from simplify.validate import Rejected  # simplify's rejection (reason, detail): one kind for both
 
 KINDS = ("describe", "explain", "imagine", "rewrite", "compare")
 GENRES = ("wiki", "textbook")       # the train genres with a subject to ask about
@@ -256,12 +257,6 @@ def plan(topics: list[Topic], seed: int = 0) -> list[Request]:
 
 # ------------------------------------------------------------------------------------------- checks
 
-class Rejected(Exception):
-    def __init__(self, reason: str, detail: str = ""):
-        super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason, self.detail = reason, detail
-
-
 def _finish(text: str) -> str:
     """The answer without a label and without an unfinished last sentence (max_tokens cut it off)."""
     text = _LABEL.sub("", " ".join(text.split()))
@@ -273,12 +268,8 @@ def _finish(text: str) -> str:
 
 def check_answer(request: Request, content: str | None, vocab, max_oov_share: float) -> str:
     """The accepted answer text, or Rejected(reason)."""
-    from simplify.validate import Limits, Rejected as SimplifyRejected, check, parse
-    try:
-        text = parse("wiki", content, {"text": request.context})["text"]
-    except SimplifyRejected as e:
-        raise Rejected(e.reason, e.detail) from None
-    text = _finish(text)
+    from simplify.validate import Limits, check, parse
+    text = _finish(parse("wiki", content, {"text": request.context})["text"])
     if not text:
         raise Rejected("empty", "nothing left after the unfinished sentence was cut")
     if _PRAISE.match(text):
@@ -303,10 +294,7 @@ def check_answer(request: Request, content: str | None, vocab, max_oov_share: fl
     source = request.input if request.kind == "rewrite" else request.context
     limits = Limits(min_ratio=0.0, max_ratio=0.9 if request.kind == "rewrite" else 100.0,
                     max_oov_share=max_oov_share)
-    try:
-        check("wiki", {"text": source}, {"text": text}, vocab, limits)
-    except SimplifyRejected as e:
-        raise Rejected(e.reason, e.detail) from None
+    check("wiki", {"text": source}, {"text": text}, vocab, limits)
     new = sorted({w for w in vocab.oov_words(text) if vocab.lemma(w) not in known})
     if new:
         raise Rejected("ungrounded", f"not in the text: {', '.join(new[:6])}")
