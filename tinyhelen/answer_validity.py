@@ -239,6 +239,7 @@ class ValidateConfig:
     judge_name: str = ""             # the endpoint's model name
     threads: int = setting(2, min=1)  # llama.cpp threads for the local judge
     device: str = "auto"
+    dtype: str = setting("fp32", choices=("fp32", "bf16"))  # as instruct.py score's: match the scores'
 
 
 def score_pairs(pairs: list[dict], cfg: ValidateConfig) -> None:
@@ -246,11 +247,12 @@ def score_pairs(pairs: list[dict], cfg: ValidateConfig) -> None:
     (question, answer) is scored once."""
     from tinyhelen import machine as machine_lib
     from tinyhelen.answer_scores import load_scorer, score_answers
-    device = machine_lib.setup(cfg.device, "fp32", 0, distributed=False).device
-    model, prompts = load_scorer(cfg.model, device)
+    machine = machine_lib.setup(cfg.device, cfg.dtype, 0, distributed=False)
+    model, prompts = load_scorer(cfg.model, machine.device)
     keys = sorted({(p["question"], p[side]) for p in pairs for side in ("better", "worse")})
-    scores = score_answers(model, prompts, [{"question": q, "answer": a} for q, a in keys], cfg.batch_size,
-                           progress=lambda done, total: print(f"scored {done}/{total}", flush=True))
+    with machine.autocast():
+        scores = score_answers(model, prompts, [{"question": q, "answer": a} for q, a in keys], cfg.batch_size,
+                               progress=lambda done, total: print(f"scored {done}/{total}", flush=True))
     by_key = dict(zip(keys, scores))
     for p in pairs:
         for side in ("better", "worse"):
@@ -288,7 +290,7 @@ def run_validate(cfg: ValidateConfig) -> dict:
     pairs = build_contrasts(cfg.data_root, cfg.pairs, cfg.seed, cfg.generated, cfg.max_words)
     score_pairs(pairs, cfg)
     measures = MEASURES
-    note = f"Scoring model: {cfg.model}."
+    note = f"Scoring model: {cfg.model} ({cfg.dtype})."
     if cfg.judge:
         name = judge_pairs(pairs, cfg)
         measures = MEASURES + JUDGE_MEASURES
@@ -301,6 +303,7 @@ def run_validate(cfg: ValidateConfig) -> dict:
             f.write(p)
     atomic_write_text(out / "validity.json", json.dumps({"table": table, "pairs_per_contrast": cfg.pairs,
                                                          "seed": cfg.seed, "model": cfg.model,
+                                                         "dtype": cfg.dtype,
                                                          "trust": TRUST}, indent=2) + "\n")
     atomic_write_text(out / "validity.md", f"# Validity of the answer measures\n\n{text}\n")
     print(text)
