@@ -17,7 +17,7 @@ from tinyhelen import judge, judge_report
 from data.corpus import DataError
 from data.tasks import Instruction, read_eval
 from tinyhelen.instruct_data import InstructionBatches, check_no_leak, convert, encode, forbidden_texts, make_batch, normalise
-from tests.conftest import run_script
+from tests.conftest import REPO, run_script
 
 
 class CharTokenizer:
@@ -280,6 +280,42 @@ def test_judging_against_the_real_local_server_parses_and_aggregates(tmp_path):
     judge_report.run_report(judge_report.ReportConfig(answers=f"{a},{b}", judgements=cfg.out,
                                                       eval_root=str(tmp_path), out_dir=str(tmp_path / "r")))
     assert (tmp_path / "r" / "report.md").is_file()
+
+
+@pytest.mark.slow
+def test_sigterm_to_a_process_with_a_local_server_stops_the_server_too(tmp_path):
+    """The server runs in its own session; killing the process that started it (SIGTERM, as `kill`
+    or a scheduler sends) must not leave it running."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    pytest.importorskip("llama_cpp")
+    script = ("import sys, time\n"
+              f"sys.path.insert(0, {str(REPO)!r})\n"
+              "from tinyhelen.llm import LocalServer\n"
+              "with LocalServer(n_threads=1) as server:\n"
+              "    print(server.process.pid, flush=True)\n"
+              "    time.sleep(600)\n")
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    server_pid = int(proc.stdout.readline())
+    try:
+        os.kill(proc.pid, signal.SIGTERM)
+        assert proc.wait(timeout=30) == 128 + signal.SIGTERM  # SystemExit, not death by the signal
+        for _ in range(60):  # stop() waited for it, so it is gone at once
+            try:
+                os.kill(server_pid, 0)
+            except ProcessLookupError:
+                break
+            time.sleep(0.5)
+        else:
+            pytest.fail("the llama.cpp server outlived the process that started it")
+    finally:
+        try:
+            os.kill(server_pid, signal.SIGKILL)  # whatever happened, leave no server behind
+        except ProcessLookupError:
+            pass
 
 
 # ------------------------------------------------------------------------------------------- generate

@@ -17,6 +17,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -59,6 +60,7 @@ class LocalServer:
         self.host, self.port = host, port or free_port(host)
         self.n_ctx, self.n_threads, self.startup_timeout_s = n_ctx, n_threads, startup_timeout_s
         self.process: subprocess.Popen | None = None
+        self._old_sigterm = None
         self.log_path = Path(tempfile.gettempdir()) / f"llm-llama-server-{self.port}.log"
 
     @property
@@ -83,6 +85,7 @@ class LocalServer:
         if importlib.util.find_spec("llama_cpp") is None:
             raise ServerError("the embedded model needs llama-cpp-python[server]: "
                               "pip install 'llama-cpp-python[server]' (it compiles llama.cpp, ~10 minutes)")
+        self._stop_on_sigterm()
         log = open(self.log_path, "wb")
         # Own process group: stopping the server must not signal us, and it must take its children.
         self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
@@ -103,7 +106,22 @@ class LocalServer:
         raise ServerError(f"llama.cpp server did not answer within {self.startup_timeout_s:.0f}s; "
                           f"log ({self.log_path}) ends:\n{self._log_tail()}")
 
+    def _stop_on_sigterm(self) -> None:
+        """The server lives in its own session, so a SIGTERM to this process (kill, a scheduler's stop)
+        would end it without running stop() and leave the server running on its own. While the server
+        runs, SIGTERM raises SystemExit instead, as Ctrl-C raises KeyboardInterrupt, so `with` blocks
+        unwind and stop it. Only from the main thread (the only one that may set handlers), and only
+        where nobody installed a handler of their own."""
+        if threading.current_thread() is threading.main_thread() and \
+                signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            def exit_on_sigterm(signum, frame):
+                raise SystemExit(128 + signum)
+            self._old_sigterm = signal.signal(signal.SIGTERM, exit_on_sigterm)
+
     def stop(self) -> None:
+        if self._old_sigterm is not None and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._old_sigterm)
+            self._old_sigterm = None
         if self.process is None or self.process.poll() is not None:
             return
         try:
