@@ -241,6 +241,11 @@ def test_judging_with_a_scripted_server_retries_records_failures_and_resumes(tmp
         # the shuffle differs between passes for some question, and is reproducible from the seed
         assert any(by[(h, 1)]["labels"] != by[(h, 2)]["labels"] for h in ("h0", "h1", "h4"))
         assert judge.shuffle_for(0, 1, "h0", ["bad", "good"])[0] == list(by[("h0", 1)]["labels"].values())
+        # and within one pass it differs between questions: each of two answers is labelled A for
+        # about half of 200 questions (a binomial(200, 0.5) lands in 70..130 with p > 1 - 1e-5)
+        first = [judge.shuffle_for(0, 1, f"q{i}", ["bad", "good"])[0][0] for i in range(200)]
+        assert 70 <= first.count("good") <= 130
+        assert len({judge.shuffle_for(0, 1, f"math_swap:{i}", ["better", "worse"])[0][0] for i in range(20)}) == 2
         # resume: nothing finished is asked again, failed ones included
         again = judge.judge_all(client, [a, b], cfg, "fake")
         assert len(fake.requests) == sent and again == rows

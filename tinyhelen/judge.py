@@ -20,6 +20,7 @@ from the environment only, tinyhelen/llm/client.py).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import random
 import re
@@ -141,8 +142,12 @@ class JudgeConfig:
 
 
 def shuffle_for(seed: int, pass_: int, question_hash: str, names: list[str]) -> tuple[list[str], int]:
-    """(models in label order, the seed that produced it): one shuffle per question and pass."""
-    s = int.from_bytes(f"{seed}:{pass_}:{question_hash}".encode(), "little") % (2 ** 31)
+    """(models in label order, the seed that produced it): one shuffle per question and pass.
+
+    The seed is a digest of all three: reading the text's bytes as a little-endian integer modulo
+    2^31, as this did until 2026-12-07, kept only its first characters ("0:1:"), so every question of
+    a pass got the same order (docs/results.md says what that did to the earlier judge figures)."""
+    s = int.from_bytes(hashlib.sha256(f"{seed}:{pass_}:{question_hash}".encode()).digest()[:4], "little") % (2 ** 31)
     order = list(names)
     random.Random(s).shuffle(order)
     return order, s
