@@ -69,8 +69,9 @@ class StudyConfig:
     max_new_tokens: int = setting(96, min=1)
     scorer: str = "smollm2-135m"       # the model the measures score under
     # the measures' precision, in validate and score alike: bf16 (autocast) is about 1.8x faster on a
-    # CPU with native bf16, which turns the scoring of 4 x 1,594 answers from about two hours into one
-    score_dtype: str = setting("bf16", choices=("fp32", "bf16"))
+    # CPU with native bf16, which turns the scoring of 4 x 1,594 answers from about two hours into one;
+    # auto takes bf16 only where it is native (emulated bf16 is slower than fp32)
+    score_dtype: str = setting("auto", choices=("auto", "fp32", "bf16"))
     score_flags: tuple[str, ...] = ()  # added to every instruct.py score command
     validity_pairs: int = setting(40, min=2)  # pairs per contrast in the validate step
     judge: bool = False                # run the generative judge too (in "all")

@@ -151,6 +151,16 @@ def test_bf16_scores_stay_near_fp32(scorer, tmp_path):
     assert any(a[m] != b[m] for a, b in zip(got["fp32"], got["bf16"]) for m in scores.MEASURES)
 
 
+def test_score_pairs_scores_both_sides_and_names_its_precision(cache):
+    """validate's scoring of contrast pairs: every side gets every measure, the question's own answer
+    is the more relevant one, and the precision it ran in is returned for the report."""
+    pairs = [{"contrast": "swap", "question": ROWS[0]["question"], "better": ROWS[0]["answer"],
+              "worse": ROWS[1]["answer"]}]
+    assert validity.score_pairs(pairs, validity.ValidateConfig(device="cpu", dtype="fp32")) == "fp32"
+    assert set(pairs[0]["scores_better"]) == set(pairs[0]["scores_worse"]) == set(scores.MEASURES)
+    assert pairs[0]["scores_better"]["relevance"] > pairs[0]["scores_worse"]["relevance"]
+
+
 @pytest.mark.parametrize("bad, missing", [({"question": "q"}, "answer"), ({"answer": "a"}, "question"),
                                           ({"question": "q", "answer": 3}, "answer")])
 def test_rows_without_question_or_answer_stop_with_file_and_line(tmp_path, bad, missing):

@@ -35,7 +35,7 @@ def test_study_commands(tmp_path):
     assert "--generated=studies/data/leaner_open_answers.jsonl.zst" in cmds[15] and "--pairs=40" in cmds[15]
     assert f"--rows={tmp_path}/answers/leaner_s1.jsonl --out={tmp_path}/scores/leaner_s1.jsonl" in score[0]
     # validity is measured in the precision the scores are made in
-    assert all("--dtype=bf16" in c for c in [cmds[15]] + score)
+    assert all("--dtype=auto" in c for c in [cmds[15]] + score)
     assert "--questions=../shared/data/tinyhelen/leaner/eval/all.jsonl" in gen[0]
     assert "=== report of 4 models" in out and "instruct.py judge" not in out  # the judge only when asked
     judged = commands(run_script("studies/instruction_following.py", f"--out_dir={tmp_path}", "--dry_run",

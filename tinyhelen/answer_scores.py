@@ -328,8 +328,8 @@ class ScoreConfig:
     device: str = "auto"
     # bf16 runs the matmuls under autocast (norms, softmax and the sums stay fp32/fp64): about 1.8x
     # faster on a CPU with native bf16, scores within a few hundredths of fp32's (docs/results.md);
-    # validate under the same dtype as the scores it vouches for
-    dtype: str = setting("fp32", choices=("fp32", "bf16"))
+    # validate under the same dtype as the scores it vouches for; auto: bf16 only where it is native
+    dtype: str = setting("fp32", choices=("auto", "fp32", "bf16"))
     threads: int = setting(0, min=0)
 
 
@@ -355,5 +355,5 @@ def run_score(cfg: ScoreConfig) -> list[dict]:
         for row in out:
             f.write(row)
     print(f"wrote {len(out)} score rows to {cfg.out} ({time.perf_counter() - start:.1f}s, model {cfg.model}, "
-          f"{cfg.dtype})")
+          f"{'bf16' if machine.dtype == torch.bfloat16 else 'fp32'})")
     return out

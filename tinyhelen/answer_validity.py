@@ -239,12 +239,14 @@ class ValidateConfig:
     judge_name: str = ""             # the endpoint's model name
     threads: int = setting(2, min=1)  # llama.cpp threads for the local judge
     device: str = "auto"
-    dtype: str = setting("fp32", choices=("fp32", "bf16"))  # as instruct.py score's: match the scores'
+    dtype: str = setting("fp32", choices=("auto", "fp32", "bf16"))  # as instruct.py score's: match the scores'
 
 
-def score_pairs(pairs: list[dict], cfg: ValidateConfig) -> None:
+def score_pairs(pairs: list[dict], cfg: ValidateConfig) -> str:
     """Adds scores_better / scores_worse (every answer_scores measure) to each pair; every distinct
-    (question, answer) is scored once."""
+    (question, answer) is scored once. Returns the precision they were scored in (bf16 or fp32)."""
+    import torch
+
     from tinyhelen import machine as machine_lib
     from tinyhelen.answer_scores import load_scorer, score_answers
     machine = machine_lib.setup(cfg.device, cfg.dtype, 0, distributed=False)
@@ -257,6 +259,7 @@ def score_pairs(pairs: list[dict], cfg: ValidateConfig) -> None:
     for p in pairs:
         for side in ("better", "worse"):
             p[f"scores_{side}"] = {m: by_key[(p["question"], p[side])][m] for m in MEASURES}
+    return "bf16" if machine.dtype == torch.bfloat16 else "fp32"
 
 
 def judge_pairs(pairs: list[dict], cfg: ValidateConfig) -> str:
@@ -288,9 +291,9 @@ def run_validate(cfg: ValidateConfig) -> dict:
     if cfg.generated and not Path(cfg.generated).is_file():
         raise ConfigError(f"--generated={cfg.generated}: no such file")
     pairs = build_contrasts(cfg.data_root, cfg.pairs, cfg.seed, cfg.generated, cfg.max_words)
-    score_pairs(pairs, cfg)
+    dtype = score_pairs(pairs, cfg)
     measures = MEASURES
-    note = f"Scoring model: {cfg.model} ({cfg.dtype})."
+    note = f"Scoring model: {cfg.model} ({dtype})."
     if cfg.judge:
         name = judge_pairs(pairs, cfg)
         measures = MEASURES + JUDGE_MEASURES
@@ -303,7 +306,7 @@ def run_validate(cfg: ValidateConfig) -> dict:
             f.write(p)
     atomic_write_text(out / "validity.json", json.dumps({"table": table, "pairs_per_contrast": cfg.pairs,
                                                          "seed": cfg.seed, "model": cfg.model,
-                                                         "dtype": cfg.dtype,
+                                                         "dtype": dtype,
                                                          "trust": TRUST}, indent=2) + "\n")
     atomic_write_text(out / "validity.md", f"# Validity of the answer measures\n\n{text}\n")
     print(text)
