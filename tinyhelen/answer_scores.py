@@ -355,5 +355,5 @@ def run_score(cfg: ScoreConfig) -> list[dict]:
         for row in out:
             f.write(row)
     print(f"wrote {len(out)} score rows to {cfg.out} ({time.perf_counter() - start:.1f}s, model {cfg.model}, "
-          f"{'bf16' if machine.dtype == torch.bfloat16 else 'fp32'})")
+          f"{machine.dtype_name})")
     return out

@@ -245,8 +245,6 @@ class ValidateConfig:
 def score_pairs(pairs: list[dict], cfg: ValidateConfig) -> str:
     """Adds scores_better / scores_worse (every answer_scores measure) to each pair; every distinct
     (question, answer) is scored once. Returns the precision they were scored in (bf16 or fp32)."""
-    import torch
-
     from tinyhelen import machine as machine_lib
     from tinyhelen.answer_scores import load_scorer, score_answers
     machine = machine_lib.setup(cfg.device, cfg.dtype, 0, distributed=False)
@@ -259,7 +257,7 @@ def score_pairs(pairs: list[dict], cfg: ValidateConfig) -> str:
     for p in pairs:
         for side in ("better", "worse"):
             p[f"scores_{side}"] = {m: by_key[(p["question"], p[side])][m] for m in MEASURES}
-    return "bf16" if machine.dtype == torch.bfloat16 else "fp32"
+    return machine.dtype_name
 
 
 def judge_pairs(pairs: list[dict], cfg: ValidateConfig) -> str:

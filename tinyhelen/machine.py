@@ -107,6 +107,11 @@ class Machine:
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def dtype_name(self) -> str:
+        """bf16 or fp32: the precision auto resolved to, for reports."""
+        return "bf16" if self.dtype == torch.bfloat16 else "fp32"
+
     def autocast(self):
         """bf16 autocast for the forward pass when the run is bf16; fp32 runs get a no-op."""
         if self.dtype != torch.bfloat16:
